@@ -1,0 +1,1 @@
+"""meshlab host side: topology model, providers, orchestration and the CLI."""
