@@ -15,6 +15,7 @@ supervisor is started and reached.
 from __future__ import annotations
 
 import abc
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -102,6 +103,10 @@ class Provider(abc.ABC):
     def __init__(self, lab: str, lab_dir: Path) -> None:
         self.lab = lab
         self.lab_dir = lab_dir
+
+    def agent_command(self, node: str) -> tuple[str, ...]:
+        """How to run the agent zipapp on `node`: interpreter and zipapp path."""
+        return (sys.executable, str(self.lab_dir / "agents.pyz"))
 
     # -- nodes ------------------------------------------------------------
     @abc.abstractmethod

@@ -1,0 +1,43 @@
+"""Addresses of the local provider: each lab a /16 inside 127.0.0.0/8, each node a /24 of it.
+
+Linux routes all of 127/8 to `lo`, so a node is just a block of loopback
+addresses: nothing to create, nothing to clean up.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+
+from lab.errors import LabError
+
+FIRST_BLOCK = 100  # 127.100.0.0/16 is the first lab block; 127.0.x.x stays free for other uses
+LAST_BLOCK = 254
+FIRST_WORKLOAD_HOST = 10  # .1 is the node itself, .2-.9 are kept for node agents
+
+
+def allocate_block(used: set[str]) -> str:
+    """The first lab block not in `used` (blocks as '127.B.0.0/16')."""
+    for b in range(FIRST_BLOCK, LAST_BLOCK + 1):
+        block = f"127.{b}.0.0/16"
+        if block not in used:
+            return block
+    raise LabError("no free address block left in 127.0.0.0/8; run `meshlab clean`")
+
+
+def node_address(block: str, index: int) -> str:
+    """The node's own address: `.1` of its /24."""
+    return _host(block, index, 1)
+
+
+def workload_address(block: str, index: int, slot: int) -> str:
+    """The address of the `slot`-th workload (0-based) on node `index`."""
+    if slot > 255 - FIRST_WORKLOAD_HOST:
+        raise LabError(f"too many workloads on one node (at most {256 - FIRST_WORKLOAD_HOST})")
+    return _host(block, index, FIRST_WORKLOAD_HOST + slot)
+
+
+def _host(block: str, index: int, host: int) -> str:
+    net = ipaddress.ip_network(block)
+    if index > 254:
+        raise LabError("too many nodes in one lab (at most 255 on the local provider)")
+    return str(net.network_address + (index + 1) * 256 + host)

@@ -1,0 +1,292 @@
+"""Lab lifecycle: `up` reconciles a lab towards its topology, `down` and `clean` remove it, `status` reads it.
+
+`up` is idempotent, like `containerlab deploy`: a second `up` of the same lab
+adopts the running nodes, starts what is missing, restarts what changed and
+stops what the topology no longer has. The state folder is written before
+anything is started, so `down` can always find what a lab made, and
+`down`/`clean` fall back to the processes' tags when the state is gone.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import shutil
+import time
+from dataclasses import replace
+from pathlib import Path
+from typing import Any, Callable
+
+from lab.addressing import allocate_block
+from lab.errors import LabError, ProvisionError
+from lab.plan import LabPlan, plan_lab
+from lab.providers import provider_class, provider_names
+from lab.providers.base import Provider, ProcessStatus
+from lab.state import LabState, lab_dir, labs_dir, list_labs
+from lab.topology.model import Topology
+from lab.zipapp import build_agent_zipapp
+
+Progress = Callable[[str, str], None]  # (what, message), e.g. ("node", "node-1 ready")
+
+READY_TIMEOUT = 30.0
+
+
+def _noop(what: str, message: str) -> None:
+    pass
+
+
+def used_blocks(except_lab: str) -> set[str]:
+    """Address blocks held by the other labs under MESHLAB_HOME."""
+    used = set()
+    for name in list_labs():
+        if name == except_lab:
+            continue
+        try:
+            used.add(LabState(name).load()["block"])
+        except (LabError, KeyError):
+            continue
+    return used
+
+
+class Lab:
+    """A lab addressed by name: its state and one provider instance per provider it uses."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.dir = lab_dir(name)
+        self.state = LabState(name)
+        self._providers: dict[str, Provider] = {}
+
+    def provider(self, kind: str) -> Provider:
+        if kind not in self._providers:
+            self._providers[kind] = provider_class(kind)(self.name, self.dir)
+        return self._providers[kind]
+
+    def provider_of(self, node: str, state: dict[str, Any]) -> Provider:
+        return self.provider(state["nodes"][node]["provider"])
+
+    async def close(self) -> None:
+        for p in self._providers.values():
+            await p.close()
+
+
+def _state_document(plan: LabPlan, source: str, status: str, previous: dict[str, Any] | None) -> dict[str, Any]:
+    topo = plan.topology
+    return {
+        "lab": plan.nodes[0].lab if plan.nodes else topo.name,
+        "status": status,
+        "topology": source,
+        "block": plan.block,
+        "trustDomain": topo.trust_domain,
+        "createdAt": (previous or {}).get("createdAt", time.time()),
+        "updatedAt": time.time(),
+        "nodes": {n.name: {"provider": plan.node_provider(n.name), "address": n.address, "index": n.index}
+                  for n in plan.nodes},
+        "namespaces": {ns.name: {"mode": ns.mode, "waypoint": ns.waypoint} for ns in topo.namespaces},
+        "services": {f"{s.name}.{s.namespace}": {"name": s.name, "namespace": s.namespace,
+                                                  "ports": [sp.port for sp in s.ports]} for s in topo.services},
+        "workloads": {p.workload.name: {"node": p.node, "address": p.address, "port": p.port,
+                                        "namespace": p.workload.namespace, "service": p.workload.service,
+                                        "app": p.workload.app, "version": p.workload.version,
+                                        "serviceAccount": p.workload.service_account,
+                                        "identity": p.workload.identity(topo.trust_domain)}
+                      for p in plan.placements},
+    }
+
+
+async def up(topology: Topology, *, provider: str | None = None, progress: Progress = _noop,
+             timeout: float = READY_TIMEOUT) -> dict[str, Any]:
+    """Bring the lab of `topology` up (or reconcile it) and wait until every workload is ready."""
+    started = time.monotonic()
+    if provider:
+        topology = replace(topology, provider=provider)
+    lab = Lab(topology.name)
+    previous = lab.state.load() if lab.state.exists() else None
+    block = (previous or {}).get("block") or topology.address_block or allocate_block(used_blocks(lab.name))
+    lab.dir.mkdir(parents=True, exist_ok=True)
+    (lab.dir / "logs").mkdir(exist_ok=True)
+    pyz = build_agent_zipapp(lab.dir / "agents.pyz")
+
+    def node_kind(node: str) -> str:
+        return topology.node(node).provider or topology.provider
+
+    plan = plan_lab(topology, block, lab.name, lambda n: lab.provider(node_kind(n)).agent_command(n))
+    lab.state.save(_state_document(plan, topology.source, "provisioning", previous))
+    if Path(topology.source).is_file():
+        shutil.copyfile(topology.source, lab.dir / "topology.yaml")
+    try:
+        await _remove_stale_nodes(lab, plan, previous, progress)
+        await asyncio.gather(*(_bring_up_node(lab, plan, spec.name, pyz, progress) for spec in plan.nodes))
+        await _wait_ready(lab, plan, progress, timeout)
+    except BaseException:
+        lab.state.save(_state_document(plan, topology.source, "degraded", previous))
+        await lab.close()
+        raise
+    doc = _state_document(plan, topology.source, "running", previous)
+    doc["upSeconds"] = round(time.monotonic() - started, 3)
+    lab.state.save(doc)
+    await lab.close()
+    progress("lab", f"{lab.name} is up: {len(plan.nodes)} nodes, {len(plan.placements)} workloads "
+                    f"in {doc['upSeconds']:.2f}s")
+    return doc
+
+
+async def _remove_stale_nodes(lab: Lab, plan: LabPlan, previous: dict[str, Any] | None,
+                              progress: Progress) -> None:
+    wanted = {n.name for n in plan.nodes}
+    for name, node in ((previous or {}).get("nodes") or {}).items():
+        if name not in wanted:
+            await lab.provider(node["provider"]).destroy_node(name)
+            progress("node", f"{name} removed (no longer in the topology)")
+
+
+async def _bring_up_node(lab: Lab, plan: LabPlan, node: str, pyz: Path, progress: Progress) -> None:
+    """Create (or adopt) one node, hand it the resolver table and reconcile its processes."""
+    provider = lab.provider(plan.node_provider(node))
+    spec = next(n for n in plan.nodes if n.name == node)
+    info = await provider.create_node(spec, pyz)
+    progress("node", f"{node} ready at {info.address} ({provider.name})")
+    await provider.push_config(node, "resolver", plan.resolver_table)
+    wanted = {p.name: p for p in plan.processes[node]}
+    for running in await provider.list_processes(node):
+        if running.name not in wanted and running.labels.get("role") == "workload":
+            await provider.stop_process(node, running.name)
+            progress("workload", f"{running.name} stopped (no longer in the topology)")
+    await asyncio.gather(*(provider.start_process(node, p) for p in wanted.values()))
+
+
+async def _wait_ready(lab: Lab, plan: LabPlan, progress: Progress, timeout: float) -> None:
+    """Poll every node until all its workloads are ready; on timeout say which are not and why."""
+    deadline = time.monotonic() + timeout
+    pending = {(p.node, p.workload.name) for p in plan.placements}
+    last: dict[tuple[str, str], ProcessStatus] = {}
+    while pending:
+        for node in sorted({n for n, _ in pending}):
+            provider = lab.provider(plan.node_provider(node))
+            for st in await provider.list_processes(node):
+                key = (node, st.name)
+                last[key] = st
+                if key in pending and st.ready:
+                    pending.discard(key)
+                    progress("workload", f"{st.name} ready on {node}")
+        if not pending:
+            return
+        if time.monotonic() > deadline:
+            raise ProvisionError(await _not_ready_report(lab, plan, pending, last, timeout))
+        await asyncio.sleep(0.05)
+
+
+async def _not_ready_report(lab: Lab, plan: LabPlan, pending: set[tuple[str, str]],
+                            last: dict[tuple[str, str], ProcessStatus], timeout: float) -> str:
+    lines = [f"{len(pending)} workload(s) not ready after {timeout:.0f}s:"]
+    for node, name in sorted(pending):
+        st = last.get((node, name))
+        what = f"{st.state}, restarts {st.restarts}, last exit code {st.exit_code}" if st else "not started"
+        lines.append(f"  {name} on {node}: {what}")
+        tail = await lab.provider(plan.node_provider(node)).logs(node, name, tail=5)
+        lines += [f"    | {line}" for line in tail.splitlines()[-5:]]
+    return "\n".join(lines)
+
+
+async def status(name: str) -> dict[str, Any]:
+    """The lab's state with what its nodes report now: node state, processes, restarts."""
+    lab = Lab(name)
+    doc = lab.state.load()
+    try:
+        for node, entry in doc["nodes"].items():
+            provider = lab.provider_of(node, doc)
+            try:
+                entry["state"] = (await provider.node_info(node)).state
+                entry["processes"] = [_process_json(p) for p in await provider.list_processes(node)]
+            except LabError as e:
+                entry["state"], entry["error"], entry["processes"] = "unreachable", str(e), []
+    finally:
+        await lab.close()
+    return doc
+
+
+def _process_json(p: ProcessStatus) -> dict[str, Any]:
+    return {"name": p.name, "state": p.state, "pid": p.pid, "ready": p.ready, "restarts": p.restarts,
+            "exitCode": p.exit_code, "startedAt": p.started_at, "labels": p.labels}
+
+
+async def down(name: str) -> dict[str, Any]:
+    """Remove everything the lab started, also when its state or its supervisors are gone."""
+    lab = Lab(name)
+    errors: list[str] = []
+    destroyed: list[str] = []
+    if lab.state.exists():
+        try:
+            doc = lab.state.load()
+            for node in doc.get("nodes", {}):
+                try:
+                    await lab.provider_of(node, doc).destroy_node(node)
+                    destroyed.append(node)
+                except LabError as e:
+                    errors.append(f"{node}: {e}")
+        except LabError as e:
+            errors.append(str(e))
+    await lab.close()
+    leftovers = await clean_tagged(name)
+    shutil.rmtree(lab.dir, ignore_errors=True)
+    return {"lab": name, "nodes": destroyed, "leftovers": leftovers, "errors": errors}
+
+
+async def clean_tagged(name: str | None) -> list[str]:
+    """Ask every provider to remove what carries the tags of lab `name` (or of any lab)."""
+    removed: list[str] = []
+    for kind in provider_names():
+        removed += await provider_class(kind).clean(name)
+    return removed
+
+
+async def clean(name: str | None = None) -> dict[str, Any]:
+    """Remove leftovers of one lab, or of every lab, by their tags; then their folders."""
+    removed = await clean_tagged(name)
+    folders = [name] if name else [p.name for p in labs_dir().iterdir()] if labs_dir().is_dir() else []
+    for lab in folders:
+        if lab_dir(lab).exists():
+            shutil.rmtree(lab_dir(lab), ignore_errors=True)
+            removed.append(f"folder {lab_dir(lab)}")
+    return {"removed": removed}
+
+
+async def exec_load(name: str, target: str, source: str | None, args: list[str]) -> dict[str, Any]:
+    """Run the load generator on a node of the lab, as the workload `source` (or on node `source`)."""
+    lab = Lab(name)
+    doc = lab.state.load()
+    node, env = _load_origin(doc, source)
+    provider = lab.provider_of(node, doc)
+    try:
+        argv = [*provider.agent_command(node), "loadgen", target, "--json", *args]
+        result = await provider.exec(node, argv, env=env, timeout=3700)
+    finally:
+        await lab.close()
+    if result.exit_code != 0:
+        raise LabError(f"load generator failed on {node} (exit {result.exit_code}): "
+                       f"{(result.stderr or result.stdout).strip()}")
+    try:
+        return json.loads(result.stdout)
+    except ValueError:
+        raise LabError(f"load generator printed no JSON: {result.stdout[:200]!r}") from None
+
+
+def _load_origin(doc: dict[str, Any], source: str | None) -> tuple[str, dict[str, str]]:
+    """Which node the load runs on and the mesh environment it runs with."""
+    from lab.plan import RESOLVER_PORT
+
+    workloads, nodes = doc["workloads"], doc["nodes"]
+    if source is None:  # a client workload if there is one, else the first node
+        clients = [w for w, v in workloads.items() if not v.get("service")]
+        source = clients[0] if clients else next(iter(nodes))
+    if source in workloads:
+        w = workloads[source]
+        env = {"MESH_NAMESPACE": w["namespace"], "MESHLAB_WORKLOAD": source}
+        node = w["node"]
+    elif source in nodes:
+        node, env = source, {}
+    else:
+        raise LabError(f"--from: no workload or node named '{source}' in lab '{doc['lab']}' "
+                       f"(workloads: {', '.join(workloads)}; nodes: {', '.join(nodes)})")
+    env["MESH_RESOLVER"] = f"{nodes[node]['address']}:{RESOLVER_PORT}"
+    return node, env

@@ -1,0 +1,134 @@
+"""Turns a topology into what each node must run: pure data, no I/O.
+
+The plan is what `meshlab up` reconciles a lab towards: node specs, the
+supervised processes of each node, and the mesh resolver's table. Later issues
+add the mesh (ztunnel, waypoints, sidecars) here and in the resolver's answer.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+from lab.addressing import node_address, workload_address
+from lab.providers.base import NodeSpec, ProcessSpec
+from lab.topology.model import Topology, Workload
+
+RESOLVER_PORT = 15053
+
+
+@dataclass(frozen=True)
+class WorkloadPlacement:
+    workload: Workload
+    node: str
+    address: str
+    port: int  # the workload port of its service's first port; 0 for a client
+
+
+@dataclass
+class LabPlan:
+    topology: Topology
+    block: str
+    nodes: list[NodeSpec]
+    placements: list[WorkloadPlacement]
+    processes: dict[str, list[ProcessSpec]] = field(default_factory=dict)  # node -> specs
+    resolver_table: dict[str, Any] = field(default_factory=dict)
+
+    def node_provider(self, node: str) -> str:
+        return self.topology.node(node).provider or self.topology.provider
+
+    def placement(self, workload: str) -> WorkloadPlacement:
+        return next(p for p in self.placements if p.workload.name == workload)
+
+
+def _workload_port(topology: Topology, w: Workload) -> int:
+    if w.service is None:
+        return 0
+    return topology.service(w.service, w.namespace).ports[0].workload_port
+
+
+def place_workloads(topology: Topology, block: str) -> list[WorkloadPlacement]:
+    """Give every workload an address on its node's /24, in topology order."""
+    index = {n.name: i for i, n in enumerate(topology.nodes)}
+    slots: dict[str, int] = {}
+    placements = []
+    for w in topology.workloads:
+        slot = slots.get(w.node, 0)
+        slots[w.node] = slot + 1
+        placements.append(WorkloadPlacement(w, w.node, workload_address(block, index[w.node], slot),
+                                            _workload_port(topology, w)))
+    return placements
+
+
+def resolver_table(topology: Topology, placements: list[WorkloadPlacement]) -> dict[str, Any]:
+    """The mesh resolver's table: every service, its ports and its endpoints (mode `none`)."""
+    services = []
+    for s in topology.services:
+        endpoints = [
+            {"workload": p.workload.name, "node": p.node, "address": p.address, "labels": dict(p.workload.labels)}
+            for p in placements if p.workload.service == s.name and p.workload.namespace == s.namespace
+        ]
+        ports = [{"name": sp.name, "port": sp.port, "targetPort": sp.workload_port, "protocol": sp.protocol}
+                 for sp in s.ports]
+        services.append({"name": s.name, "namespace": s.namespace, "ports": ports, "endpoints": endpoints})
+    return {"services": services}
+
+
+def workload_env(topology: Topology, p: WorkloadPlacement, node_addr: str) -> dict[str, str]:
+    """The environment contract of a workload process (docs/architecture.md)."""
+    w = p.workload
+    env = {
+        "MESH_BIND_ADDR": p.address,
+        "MESH_PORT": str(p.port),
+        "MESH_RESOLVER": f"{node_addr}:{RESOLVER_PORT}",
+        "MESH_NAMESPACE": w.namespace,
+        "MESH_SERVICE": w.service or "",
+        "MESH_APP": w.app,
+        "MESH_VERSION": w.version,
+        "MESH_SERVICE_ACCOUNT": w.service_account,
+        "MESH_TRUST_DOMAIN": topology.trust_domain,
+    }
+    if w.service:
+        ports = topology.service(w.service, w.namespace).ports
+        env["MESH_PORTS"] = ",".join(f"{sp.name}={sp.workload_port}" for sp in ports)
+    env.update(w.run.env)
+    return env
+
+
+def workload_process(topology: Topology, p: WorkloadPlacement, node_addr: str,
+                     agent: tuple[str, ...]) -> ProcessSpec:
+    """The supervised process that runs one workload."""
+    run = p.workload.run
+    if run.demo == "loadgen":
+        argv: tuple[str, ...] = (*agent, "loadgen", *run.args)
+    elif run.demo is not None:
+        argv = (*agent, "demo", run.demo, *run.args)
+    elif isinstance(run.command, str):
+        argv = ("sh", "-c", run.command)
+    else:
+        argv = tuple(run.command or ())
+    # A bounded load generator finishes on its own: don't restart it when it does.
+    restart = "on-failure" if run.demo == "loadgen" else "always"
+    return ProcessSpec(
+        name=p.workload.name,
+        argv=argv,
+        env=workload_env(topology, p, node_addr),
+        restart=restart,
+        ready_tcp=(p.address, p.port) if p.port else None,
+        labels={"role": "workload", "namespace": p.workload.namespace, **p.workload.labels},
+    )
+
+
+def plan_lab(topology: Topology, block: str, lab: str,
+             agent_command: Callable[[str], tuple[str, ...]]) -> LabPlan:
+    """The whole plan of a lab; `agent_command(node)` says how the agent zipapp runs there."""
+    placements = place_workloads(topology, block)
+    nodes = []
+    processes: dict[str, list[ProcessSpec]] = {}
+    for i, n in enumerate(topology.nodes):
+        addr = node_address(block, i)
+        mine = [p for p in placements if p.node == n.name]
+        nodes.append(NodeSpec(lab=lab, name=n.name, index=i, address=addr,
+                              workload_addresses=tuple(p.address for p in mine), settings=dict(n.settings)))
+        processes[n.name] = [workload_process(topology, p, addr, agent_command(n.name)) for p in mine]
+    return LabPlan(topology, block, nodes, placements, processes, resolver_table(topology, placements))

@@ -1,0 +1,1 @@
+"""The Textual terminal UI: a client of the lab, never of its internals."""
