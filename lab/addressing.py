@@ -7,6 +7,8 @@ addresses: nothing to create, nothing to clean up.
 from __future__ import annotations
 
 import ipaddress
+import socket
+from typing import Callable
 
 from lab.errors import LabError
 
@@ -15,11 +17,11 @@ LAST_BLOCK = 254
 FIRST_WORKLOAD_HOST = 10  # .1 is the node itself, .2-.9 are kept for node agents
 
 
-def allocate_block(used: set[str]) -> str:
-    """The first lab block not in `used` (blocks as '127.B.0.0/16')."""
+def allocate_block(used: set[str], in_use: Callable[[str], bool] = lambda block: False) -> str:
+    """The first lab block not in `used` (blocks as '127.B.0.0/16') and not `in_use` on this machine."""
     for b in range(FIRST_BLOCK, LAST_BLOCK + 1):
         block = f"127.{b}.0.0/16"
-        if block not in used:
+        if block not in used and not in_use(block):
             return block
     raise LabError("no free address block left in 127.0.0.0/8; run `meshlab clean`")
 
@@ -41,3 +43,13 @@ def _host(block: str, index: int, host: int) -> str:
     if index > 254:
         raise LabError("too many nodes in one lab (at most 255 on the local provider)")
     return str(net.network_address + (index + 1) * 256 + host)
+
+
+def block_in_use(block: str, port: int) -> bool:
+    """Whether something on this machine (a lab of another MESHLAB_HOME) already serves the block's first node."""
+    with socket.socket() as s:
+        try:
+            s.bind((node_address(block, 0), port))
+        except OSError:
+            return True
+    return False

@@ -17,9 +17,9 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any, Callable
 
-from lab.addressing import allocate_block
+from lab.addressing import allocate_block, block_in_use
 from lab.errors import LabError, ProvisionError
-from lab.plan import LabPlan, plan_lab
+from lab.plan import RESOLVER_PORT, LabPlan, plan_lab
 from lab.providers import provider_class, provider_names
 from lab.providers.base import Provider, ProcessStatus
 from lab.state import LabState, lab_dir, labs_dir, list_labs
@@ -102,7 +102,8 @@ async def up(topology: Topology, *, provider: str | None = None, progress: Progr
         topology = replace(topology, provider=provider)
     lab = Lab(topology.name)
     previous = lab.state.load() if lab.state.exists() else None
-    block = (previous or {}).get("block") or topology.address_block or allocate_block(used_blocks(lab.name))
+    block = ((previous or {}).get("block") or topology.address_block
+             or allocate_block(used_blocks(lab.name), lambda b: block_in_use(b, RESOLVER_PORT)))
     lab.dir.mkdir(parents=True, exist_ok=True)
     (lab.dir / "logs").mkdir(exist_ok=True)
     pyz = build_agent_zipapp(lab.dir / "agents.pyz")
@@ -273,8 +274,6 @@ async def exec_load(name: str, target: str, source: str | None, args: list[str])
 
 def _load_origin(doc: dict[str, Any], source: str | None) -> tuple[str, dict[str, str]]:
     """Which node the load runs on and the mesh environment it runs with."""
-    from lab.plan import RESOLVER_PORT
-
     workloads, nodes = doc["workloads"], doc["nodes"]
     if source is None:  # a client workload if there is one, else the first node
         clients = [w for w, v in workloads.items() if not v.get("service")]

@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -124,9 +125,10 @@ def cmd_logs(args: argparse.Namespace) -> int:
 
 
 def cmd_tui(args: argparse.Namespace) -> int:
-    from tui.app import run
-
-    return run(args.lab)
+    # The TUI is a separate client of the lab: `lab` never imports it, so start it as its own program.
+    argv = [sys.executable, "-m", "tui"] + (["--lab", args.lab] if args.lab else [])
+    os.execv(sys.executable, argv)
+    return 0  # not reached
 
 
 # -- parser ------------------------------------------------------------------

@@ -1,0 +1,109 @@
+"""The mesh resolver's decisions, without sockets: which address a new connection to service:port gets.
+
+Theory of operation: the lab pushes a table (docs/architecture.md, "Mesh
+resolver protocol") of services, their ports and their endpoints. A caller
+names a service in one of three forms -- `name` (its own namespace first, then
+the only service of that name), `name.namespace`, or the FQDN
+`name.namespace.svc[.<anything>]` -- and a service port. The answer is one
+ready endpoint, round robin per (service, port), with the workload port
+(`targetPort`). Errors carry the HTTP status the resolver's server answers with
+(404 unknown name or port, 503 no ready endpoint, 400 a malformed question).
+"""
+
+from __future__ import annotations
+
+import itertools
+from dataclasses import dataclass
+from typing import Any
+
+ServiceKey = tuple[str, str]  # (namespace, name)
+
+
+@dataclass(frozen=True)
+class Answer:
+    """Where a new connection goes."""
+
+    address: str
+    port: int
+    via: str  # "direct" in mode none; later the proxy that captures it
+    workload: str
+
+    def to_json(self) -> dict[str, Any]:
+        return {"address": self.address, "port": self.port, "via": self.via, "workload": self.workload}
+
+
+class ResolveError(Exception):
+    """A question the resolver cannot answer; `status` is the HTTP status to answer with."""
+
+    status = 400
+
+
+class UnknownService(ResolveError):
+    status = 404
+
+
+class NoReadyEndpoint(ResolveError):
+    status = 503
+
+
+@dataclass(frozen=True)
+class _Service:
+    name: str
+    namespace: str
+    ports: dict[int, int]  # service port -> workload port
+    endpoints: tuple[dict[str, Any], ...]
+
+
+class Resolver:
+    """Answers resolve questions from one resolver table; keeps the round-robin position."""
+
+    def __init__(self, table: dict[str, Any] | None = None) -> None:
+        self.table: dict[str, Any] = table or {"services": []}
+        self._services: dict[ServiceKey, _Service] = {}
+        for entry in self.table.get("services") or []:
+            ports = {int(p["port"]): int(p.get("targetPort") or p["port"]) for p in entry.get("ports") or []}
+            service = _Service(str(entry["name"]), str(entry.get("namespace") or "default"), ports,
+                               tuple(entry.get("endpoints") or ()))
+            self._services[(service.namespace, service.name)] = service
+        self._turns: dict[tuple[ServiceKey, int], itertools.count[int]] = {}
+
+    def resolve(self, service: str, port: int | None, namespace: str | None = None) -> Answer:
+        """The endpoint for a new connection to `service`:`port`, asked from `namespace`."""
+        found = self._lookup(service, namespace)
+        if port is None:
+            if len(found.ports) != 1:
+                raise ResolveError(f"service '{service}' has {len(found.ports)} ports; ask for one of "
+                                   f"{_port_list(found)}")
+            port = next(iter(found.ports))
+        if port not in found.ports:
+            raise UnknownService(f"unknown port {port} of service '{service}' (ports: {_port_list(found)})")
+        ready = [e for e in found.endpoints if e.get("ready", True)]
+        if not ready:
+            raise NoReadyEndpoint(f"no ready endpoint for {service}:{port}")
+        key = ((found.namespace, found.name), port)
+        turn = next(self._turns.setdefault(key, itertools.count()))
+        endpoint = ready[turn % len(ready)]
+        return Answer(str(endpoint["address"]), found.ports[port], "direct", str(endpoint.get("workload", "")))
+
+    def _lookup(self, service: str, namespace: str | None) -> _Service:
+        parts = service.rstrip(".").split(".")
+        if len(parts) == 1:
+            name = parts[0]
+            if namespace and (namespace, name) in self._services:
+                return self._services[(namespace, name)]
+            matches = [s for (_, n), s in self._services.items() if n == name]
+            if len(matches) == 1:
+                return matches[0]
+            if matches:
+                spaces = ", ".join(sorted(s.namespace for s in matches))
+                raise UnknownService(f"ambiguous service '{service}': it is in namespaces {spaces}; "
+                                     f"ask for name.namespace")
+        elif len(parts) == 2 or (len(parts) >= 3 and parts[2] == "svc"):
+            # name.ns, name.ns.svc, name.ns.svc.cluster.local (any cluster domain)
+            if (parts[1], parts[0]) in self._services:
+                return self._services[(parts[1], parts[0])]
+        raise UnknownService(f"unknown service '{service}'")
+
+
+def _port_list(service: _Service) -> str:
+    return ", ".join(str(p) for p in sorted(service.ports)) or "none"
