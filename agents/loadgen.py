@@ -21,7 +21,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from agents.common.http import parse_duration
-from agents.common.resolve import ResolveError, resolve
+from agents.common.resolve import ResolveError, resolve, source_address
 
 DEFAULT_DURATION_S = 5.0
 MAX_DURATION_S = 3600.0
@@ -235,7 +235,10 @@ class Connection:
         host, port = self.target.host, self.target.port
         if self.target.via_resolver:
             host, port = await asyncio.to_thread(resolve, host, port, self.resolver, self.namespace)
-        self.reader, self.writer = await asyncio.open_connection(host, port, limit=256 * 1024)
+        # Connect from the workload's own address, as a pod's traffic comes from its pod IP:
+        # the mesh tells workloads apart by source address.
+        self.reader, self.writer = await asyncio.open_connection(host, port, limit=256 * 1024,
+                                                                 local_addr=source_address())
 
     async def exchange(self) -> HttpResponse:
         """Send the request and read the response; retry once if a reused connection was stale."""
@@ -367,29 +370,35 @@ class LoadResult:
 
     def to_text(self) -> str:
         """A fortio-like report."""
-        lat = self.latency_ms()
-        pace = f"requested {self.requested_qps:g} qps" if self.requested_qps > 0 else "max qps"
-        via = "mesh resolver" if "://" not in self.target else "direct"
-        lines = [
-            f"Target: {self.target} ({via})",
-            f"Ran {self.count} calls in {self.duration_s:.3f} s over {self.connections} connections: "
-            f"{self.qps:.1f} qps ({pace})",
-            f"Latency ms: min {lat['min']:.3f} avg {lat['avg']:.3f} max {lat['max']:.3f}",
-            "Percentiles ms: " + " ".join(
-                f"{label} {lat[key]:.3f}" for label, key in
-                (("p50", "p50"), ("p75", "p75"), ("p90", "p90"), ("p99", "p99"), ("p99.9", "p999"))),
-        ]
-        for code, n in sorted(self.codes.items()):
-            lines.append(f"Code {code} : {n} ({_percent(n, self.count)} %)")
-        for reason, n in self.errors.most_common():
-            lines.append(f"Error {reason} : {n}")
-        if self.body_pattern is not None:
-            lines.append(f"Body matches for /{self.body_pattern}/:"
-                         + ("" if self.body_matches else " none"))
-            for text, n in sorted(self.body_matches.items()):
-                lines.append(f"  {text} : {n} ({_percent(n, self.count)} %)")
-        lines.append(f"Bytes received: {self.bytes_received}")
-        return "\n".join(lines) + "\n"
+        return format_report(self.to_json(), self.body_pattern)
+
+
+def format_report(doc: dict, body_pattern: str | None = None) -> str:
+    """A fortio-like report from the JSON form of a result (so the lab can render a remote run)."""
+    lat = doc["latency_ms"]
+    count = doc["count"]
+    pace = f"requested {doc['requested_qps']:g} qps" if doc.get("requested_qps", 0) > 0 else "max qps"
+    via = "mesh resolver" if "://" not in doc["target"] else "direct"
+    lines = [
+        f"Target: {doc['target']} ({via})",
+        f"Ran {count} calls in {doc['duration_s']:.3f} s over {doc['connections']} connections: "
+        f"{doc['qps']:.1f} qps ({pace})",
+        f"Latency ms: min {lat['min']:.3f} avg {lat['avg']:.3f} max {lat['max']:.3f}",
+        "Percentiles ms: " + " ".join(
+            f"{label} {lat[key]:.3f}" for label, key in
+            (("p50", "p50"), ("p75", "p75"), ("p90", "p90"), ("p99", "p99"), ("p99.9", "p999"))),
+    ]
+    for code, n in doc["codes"].items():
+        lines.append(f"Code {code} : {n} ({_percent(n, count)} %)")
+    for reason, n in doc["errors"].items():
+        lines.append(f"Error {reason} : {n}")
+    matches = doc.get("body_matches") or {}
+    if body_pattern is not None or matches:
+        lines.append(f"Body matches{f' for /{body_pattern}/' if body_pattern else ''}:" + ("" if matches else " none"))
+        for text, n in matches.items():
+            lines.append(f"  {text} : {n} ({_percent(n, count)} %)")
+    lines.append(f"Bytes received: {doc['bytes_received']}")
+    return "\n".join(lines) + "\n"
 
 
 def _percent(n: int, total: int) -> str:

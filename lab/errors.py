@@ -31,3 +31,7 @@ class LabNotFound(LabError):
     """No lab of that name exists under MESHLAB_HOME."""
 
     exit_code = 3
+
+
+class CertificateRefused(LabError):
+    """The CA refused to issue a certificate (bad CSR, wrong identity, node not authorized)."""

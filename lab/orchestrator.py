@@ -280,7 +280,7 @@ def _load_origin(doc: dict[str, Any], source: str | None) -> tuple[str, dict[str
         source = clients[0] if clients else next(iter(nodes))
     if source in workloads:
         w = workloads[source]
-        env = {"MESH_NAMESPACE": w["namespace"], "MESHLAB_WORKLOAD": source}
+        env = {"MESH_NAMESPACE": w["namespace"], "MESHLAB_WORKLOAD": source, "MESH_BIND_ADDR": w["address"]}
         node = w["node"]
     elif source in nodes:
         node, env = source, {}

@@ -20,7 +20,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
-from agents.common.resolve import ResolveError, resolve
+from agents.common.resolve import ResolveError, resolve, source_address
 
 # ---------------------------------------------------------------- durations
 
@@ -63,7 +63,7 @@ def request(
 ) -> Response:
     """One HTTP/1.1 request to host:port within `timeout` seconds; (status, headers, body)."""
     deadline = time.monotonic() + timeout
-    conn = http.client.HTTPConnection(host, port, timeout=timeout)
+    conn = http.client.HTTPConnection(host, port, timeout=timeout, source_address=source_address())
     try:
         conn.putrequest(method, path, skip_host=True, skip_accept_encoding=True)
         sent = {k.lower() for k in (headers or {})}

@@ -93,3 +93,12 @@ def env_identity(environ: Mapping[str, str] | None = None) -> dict[str, str]:
         "workload": env.get("MESHLAB_WORKLOAD", ""),
         "node": env.get("MESHLAB_NODE", ""),
     }
+
+
+def source_address() -> tuple[str, int] | None:
+    """Where a workload's outgoing connections come from: its own address (`MESH_BIND_ADDR`), if it has one.
+
+    The mesh identifies the workload behind a connection by its source address, like a pod by its IP.
+    """
+    addr = os.environ.get("MESH_BIND_ADDR")
+    return (addr, 0) if addr else None

@@ -83,9 +83,9 @@ def _state(p: dict[str, Any] | None) -> str:
 
 def load_report(doc: dict[str, Any]) -> str:
     """The load generator's JSON result as fortio-like text."""
-    from agents.loadgen import LoadResult
+    from agents.loadgen import format_report
 
-    return LoadResult.from_json(doc).to_text()
+    return format_report(doc)
 
 
 async def show_logs(lab: str, process: str, tail: int, follow: bool) -> int:

@@ -1,0 +1,228 @@
+"""The lab's root CA: one self-signed EC P-256 root per lab, signing SPIFFE leaves from CSRs.
+
+Files in the CA folder: `root-key.pem` (PKCS8, mode 0600), `root-cert.pem`, and
+`issued.json` (see `registry`). The root may sign only leaves (pathlen 0):
+ztunnels, waypoints and sidecars all hold leaves of their own.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+
+from cryptography import x509
+from cryptography.exceptions import UnsupportedAlgorithm
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+from agents.common.certs import parse_spiffe
+from lab.ca.registry import IssuedCert, IssuedRegistry
+from lab.errors import CertificateRefused, LabError
+from lab.state import atomic_write
+
+DEFAULT_TTL = timedelta(hours=24)
+ROOT_VALIDITY = timedelta(days=3650)
+CLOCK_SKEW = timedelta(seconds=60)  # leaves are valid from a minute ago, for nodes whose clocks lag
+ACCEPTED_CURVES = (ec.SECP256R1, ec.SECP384R1)
+MIN_RSA_BITS = 2048
+
+PublicKey = ec.EllipticCurvePublicKey | rsa.RSAPublicKey
+_PEM = serialization.Encoding.PEM
+
+
+def renewal_time(not_before: datetime, not_after: datetime) -> datetime:
+    """When a holder should renew a certificate: at half its lifetime."""
+    return not_before + (not_after - not_before) / 2
+
+
+def _now() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+def _key_pem(key: ec.EllipticCurvePrivateKey) -> bytes:
+    return key.private_bytes(_PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+
+
+class LabCA:
+    """The root of trust of one lab: signs leaves for `spiffe://<trust_domain>/...` identities."""
+
+    def __init__(self, ca_dir: Path, trust_domain: str, key: ec.EllipticCurvePrivateKey,
+                 root: x509.Certificate) -> None:
+        self.ca_dir = ca_dir
+        self.trust_domain = trust_domain
+        self._key = key
+        self.root = root
+        self.root_pem = root.public_bytes(_PEM)
+        self.registry = IssuedRegistry(ca_dir / "issued.json")
+
+    @classmethod
+    def load_or_create(cls, ca_dir: Path, trust_domain: str) -> LabCA:
+        """The lab's CA from `ca_dir`, made there first if the folder holds none."""
+        key_path, cert_path = ca_dir / "root-key.pem", ca_dir / "root-cert.pem"
+        if key_path.exists() or cert_path.exists():
+            return cls(ca_dir, trust_domain, *_load_root(key_path, cert_path))
+        ca_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        key, root = _make_root(trust_domain)
+        atomic_write(key_path, _key_pem(key), mode=0o600)
+        atomic_write(cert_path, root.public_bytes(_PEM))
+        return cls(ca_dir, trust_domain, key, root)
+
+    def sign_csr(self, csr_pem: bytes, identity: str, ttl: timedelta = DEFAULT_TTL,
+                 holder: str = "") -> IssuedCert:
+        """Sign a leaf for `identity` with the CSR's key, after checking the CSR; records it."""
+        self._check_identity(identity)
+        csr = _load_csr(csr_pem)
+        try:
+            asked = csr.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+        except x509.ExtensionNotFound:
+            asked = x509.SubjectAlternativeName([])
+        other = [u for u in asked.get_values_for_type(x509.UniformResourceIdentifier) if u != identity]
+        if other:
+            raise CertificateRefused(f"the CSR asks for {', '.join(other)} but the request is for {identity}")
+        return self._issue_leaf(_accepted_key(csr.public_key()), identity, ttl, holder, ca_made_key=False)
+
+    def issue(self, identity: str, ttl: timedelta = DEFAULT_TTL, holder: str = "meshlab") -> tuple[bytes, IssuedCert]:
+        """Make a key and a leaf for `identity` (for `meshlab certs issue` and hosts without a key tool)."""
+        self._check_identity(identity)
+        key = ec.generate_private_key(ec.SECP256R1())
+        return _key_pem(key), self._issue_leaf(key.public_key(), identity, ttl, holder, ca_made_key=True)
+
+    def issue_server_cert(self, hosts: list[str], ttl: timedelta = DEFAULT_TTL) -> tuple[bytes, bytes]:
+        """A serving key and certificate for the control plane's agent channel, valid for `hosts`."""
+        if not hosts:
+            raise ValueError("a server certificate needs at least one host name or address")
+        names: list[x509.GeneralName] = []
+        for host in hosts:
+            try:
+                names.append(x509.IPAddress(ipaddress.ip_address(host)))
+            except ValueError:
+                names.append(x509.DNSName(host))
+        key = ec.generate_private_key(ec.SECP256R1())
+        subject = x509.Name([x509.NameAttribute(NameOID.ORGANIZATION_NAME, "meshlab"),
+                             x509.NameAttribute(NameOID.COMMON_NAME, "meshlab control plane")])
+        cert = self._sign(key.public_key(), subject, names, ttl, [ExtendedKeyUsageOID.SERVER_AUTH])
+        return _key_pem(key), cert.public_bytes(_PEM)
+
+    def record(self, issued: IssuedCert) -> None:
+        """Remember an issued certificate in `issued.json`."""
+        self.registry.record(issued)
+
+    def in_use(self) -> list[IssuedCert]:
+        """The latest unexpired certificate per (holder, identity)."""
+        return self.registry.in_use()
+
+    def _check_identity(self, identity: str) -> None:
+        try:
+            trust_domain, _, _ = parse_spiffe(identity)
+        except ValueError as e:
+            raise CertificateRefused(str(e)) from None
+        if trust_domain != self.trust_domain:
+            raise CertificateRefused(f"{identity} is not in this lab's trust domain '{self.trust_domain}'")
+
+    def _issue_leaf(self, public_key: PublicKey, identity: str, ttl: timedelta, holder: str,
+                    ca_made_key: bool) -> IssuedCert:
+        subject = x509.Name([x509.NameAttribute(NameOID.ORGANIZATION_NAME, "meshlab")])
+        usages = [ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH]
+        cert = self._sign(public_key, subject, [x509.UniformResourceIdentifier(identity)], ttl, usages)
+        issued = IssuedCert(
+            identity=identity, serial=format(cert.serial_number, "x"),
+            not_before=cert.not_valid_before_utc, not_after=cert.not_valid_after_utc, holder=holder,
+            leaf_pem=cert.public_bytes(_PEM), root_pem=self.root_pem, ca_made_key=ca_made_key,
+        )
+        self.record(issued)
+        return issued
+
+    def _sign(self, public_key: PublicKey, subject: x509.Name, names: list[x509.GeneralName],
+              ttl: timedelta, usages: list[x509.ObjectIdentifier]) -> x509.Certificate:
+        if ttl <= timedelta(0):
+            raise ValueError(f"a certificate's TTL must be positive, not {ttl}")
+        now = _now()
+        root_ski = self.root.extensions.get_extension_for_class(x509.SubjectKeyIdentifier).value
+        builder = (
+            x509.CertificateBuilder()
+            .subject_name(subject)
+            .issuer_name(self.root.subject)
+            .public_key(public_key)
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(now - CLOCK_SKEW)
+            .not_valid_after(min(now + ttl, self.root.not_valid_after_utc))
+            .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+            .add_extension(_key_usage(digital_signature=True, key_encipherment=True), critical=True)
+            .add_extension(x509.ExtendedKeyUsage(usages), critical=False)
+            .add_extension(x509.SubjectAlternativeName(names), critical=False)
+            .add_extension(x509.SubjectKeyIdentifier.from_public_key(public_key), critical=False)
+            .add_extension(x509.AuthorityKeyIdentifier.from_issuer_subject_key_identifier(root_ski),
+                           critical=False)
+        )
+        return builder.sign(self._key, hashes.SHA256())
+
+
+def _key_usage(digital_signature: bool = False, key_encipherment: bool = False,
+               key_cert_sign: bool = False, crl_sign: bool = False) -> x509.KeyUsage:
+    return x509.KeyUsage(digital_signature=digital_signature, content_commitment=False,
+                         key_encipherment=key_encipherment, data_encipherment=False, key_agreement=False,
+                         key_cert_sign=key_cert_sign, crl_sign=crl_sign, encipher_only=False,
+                         decipher_only=False)
+
+
+def _make_root(trust_domain: str) -> tuple[ec.EllipticCurvePrivateKey, x509.Certificate]:
+    """A new self-signed root for a lab: EC P-256, CA with pathlen 0, ten years."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.ORGANIZATION_NAME, "meshlab"),
+                      x509.NameAttribute(NameOID.COMMON_NAME, f"meshlab root {trust_domain}"[:64])])
+    now = _now()
+    root = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - CLOCK_SKEW)
+        .not_valid_after(now + ROOT_VALIDITY)
+        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+        .add_extension(_key_usage(key_cert_sign=True, crl_sign=True), critical=True)
+        .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
+        .sign(key, hashes.SHA256())
+    )
+    return key, root
+
+
+def _load_root(key_path: Path, cert_path: Path) -> tuple[ec.EllipticCurvePrivateKey, x509.Certificate]:
+    """The root key and certificate from the CA folder, checked to belong together."""
+    where = key_path.parent
+    try:
+        key = serialization.load_pem_private_key(key_path.read_bytes(), password=None)
+        root = x509.load_pem_x509_certificate(cert_path.read_bytes())
+    except (OSError, ValueError, TypeError, UnsupportedAlgorithm) as e:
+        raise LabError(f"the lab's CA in {where} is unreadable ({e}); remove the folder to make a new root") from None
+    if not isinstance(key, ec.EllipticCurvePrivateKey) or key.public_key() != root.public_key():
+        raise LabError(f"the lab's CA in {where}: root-key.pem does not belong to root-cert.pem")
+    if root.not_valid_after_utc <= _now():
+        raise LabError(f"the lab's root certificate in {where} expired on {root.not_valid_after_utc:%Y-%m-%d}")
+    os.chmod(key_path, 0o600)
+    return key, root
+
+
+def _load_csr(csr_pem: bytes) -> x509.CertificateSigningRequest:
+    """A CSR whose signature checks out, or CertificateRefused."""
+    try:
+        csr = x509.load_pem_x509_csr(csr_pem.encode() if isinstance(csr_pem, str) else csr_pem)
+        valid = csr.is_signature_valid
+    except (ValueError, TypeError, UnsupportedAlgorithm) as e:
+        raise CertificateRefused(f"not a valid PEM certificate signing request: {e}") from None
+    if not valid:
+        raise CertificateRefused("the CSR's signature does not match its key (corrupted or forged request)")
+    return csr
+
+
+def _accepted_key(key: object) -> PublicKey:
+    """The CSR's public key if it is EC (P-256/P-384) or RSA of 2048 bits or more."""
+    if isinstance(key, ec.EllipticCurvePublicKey) and isinstance(key.curve, ACCEPTED_CURVES):
+        return key
+    if isinstance(key, rsa.RSAPublicKey) and key.key_size >= MIN_RSA_BITS:
+        return key
+    kind = f"{type(key).__name__} {getattr(getattr(key, 'curve', None), 'name', getattr(key, 'key_size', ''))}"
+    raise CertificateRefused(f"unsupported key in CSR ({kind.strip()}): want EC P-256/P-384 or RSA >= {MIN_RSA_BITS}")
