@@ -19,6 +19,16 @@ class TopologyError(LabError):
         super().__init__("\n".join(str(p) for p in problems))
 
 
+class ConfigError(LabError):
+    """Mesh config (Istio YAML) is malformed or unsupported; carries every problem found."""
+
+    exit_code = 2
+
+    def __init__(self, problems: list["Problem"]) -> None:  # noqa: F821 - defined in lab.yamlsource
+        self.problems = problems
+        super().__init__("\n".join(str(p) for p in problems))
+
+
 class ProvisionError(LabError):
     """A node or process could not be created, started or reached."""
 

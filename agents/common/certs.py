@@ -59,6 +59,13 @@ def parse_spiffe(identity: str) -> tuple[str, str, str]:
     return m["td"], m["ns"], m["sa"]
 
 
+def spiffe_id(trust_domain: str, namespace: str, service_account: str) -> str:
+    """The SPIFFE ID of a workload, checked: `spiffe://<td>/ns/<ns>/sa/<sa>`."""
+    identity = f"spiffe://{trust_domain}/ns/{namespace}/sa/{service_account}"
+    parse_spiffe(identity)
+    return identity
+
+
 @functools.cache
 def _cryptography() -> SimpleNamespace | None:
     """The `cryptography` modules this file uses, or None on a node without them."""
@@ -166,7 +173,7 @@ def _rfc4514(rdns: tuple[tuple[tuple[str, str], ...], ...]) -> str:
 
 
 def _escape(value: str) -> str:
-    value = re.sub(r'([\\,+"<>;=])', r"\\\1", value)
+    value = re.sub(r'([\\,+"<>;])', r"\\\1", value)
     if value[:1] in ("#", " "):
         value = "\\" + value
     if value.endswith(" "):

@@ -14,6 +14,7 @@ import asyncio
 import os
 import shlex
 import signal
+import subprocess
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -77,6 +78,23 @@ class Backoff:
             self._next = self.first  # it ran long enough: this crash is a new story
         delay, self._next = self._next, min(self._next * 2, self.cap)
         return delay
+
+
+async def wait_for_exit(proc: subprocess.Popen[bytes]) -> int:
+    """Wait for a child to exit without blocking the event loop; reaps it and returns its exit code."""
+    try:
+        pidfd = os.pidfd_open(proc.pid)  # Linux 5.3+: readable once the process has exited
+    except (AttributeError, OSError):
+        return await asyncio.to_thread(proc.wait)
+    loop = asyncio.get_running_loop()
+    exited = loop.create_future()
+    loop.add_reader(pidfd, lambda: exited.done() or exited.set_result(None))
+    try:
+        await exited
+    finally:
+        loop.remove_reader(pidfd)
+        os.close(pidfd)
+    return proc.wait()  # it has exited: this only reaps it
 
 
 def signal_group(pgid: int, sig: int) -> None:
@@ -188,10 +206,11 @@ class SupervisedProcess:
         """Spawn the process once and wait until it exits (or is stopped); returns its exit code."""
         argv = self.spec.argv
         try:
+            # Popen, not asyncio's subprocess: on Python 3.11 cancelling a half-created asyncio
+            # subprocess can hang the loop for good; fork+exec is quick enough to do inline.
             with open(self._log_path, "ab") as log:
-                proc = await asyncio.create_subprocess_exec(
-                    *argv, stdin=asyncio.subprocess.DEVNULL, stdout=log, stderr=asyncio.subprocess.STDOUT,
-                    env=self._env, cwd=self._cwd, start_new_session=True)
+                proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+                                        env=self._env, cwd=self._cwd, start_new_session=True)
         except OSError as e:
             code = 126 if isinstance(e, PermissionError) else 127  # what a shell would say
             self._log(f"cannot start {shlex.join(argv)}: {e}")
@@ -200,15 +219,19 @@ class SupervisedProcess:
         self._log(f"started (pid {proc.pid}, restarts {self.restarts}): {shlex.join(argv)}")
         self._set(pid=proc.pid, started_at=time.time(), state="running", ready=self.spec.ready_tcp is None)
         probe = asyncio.create_task(self._probe(*self.spec.ready_tcp)) if self.spec.ready_tcp else None
-        exited = asyncio.ensure_future(proc.wait())
+        exited = asyncio.ensure_future(wait_for_exit(proc))
         stop = asyncio.ensure_future(self._stop_requested.wait())
         try:
             await asyncio.wait({exited, stop}, return_when=asyncio.FIRST_COMPLETED)
             if not exited.done():
                 await self._terminate(proc.pid, exited)
         except asyncio.CancelledError:
-            # The supervisor itself is going away abnormally: leave nothing behind.
+            # The supervisor itself is going away abnormally: leave nothing behind, not even a zombie.
             signal_group(proc.pid, signal.SIGKILL)
+            try:
+                proc.wait(timeout=1.0)
+            except subprocess.TimeoutExpired:
+                pass
             raise
         finally:
             stop.cancel()

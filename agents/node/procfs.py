@@ -45,28 +45,23 @@ def _cpu_seconds(fields: list[str]) -> float:
     return (int(fields[11]) + int(fields[12])) / _TICKS
 
 
-def group_usage(leader: int) -> Usage | None:
-    """RSS and CPU of the process group led by `leader` (each workload runs in its own session)."""
-    fields = _stat_fields(leader)
-    if fields is None:
-        return None
-    rss, cpu = _rss_bytes(leader), _cpu_seconds(fields)
+def group_usage(leaders: list[int]) -> dict[int, Usage]:
+    """RSS and CPU per process group led by each of `leaders` (each workload runs in its own session).
+
+    One pass over /proc, so asking for every workload of a node costs one scan.
+    """
+    wanted = {str(pid): pid for pid in leaders}
+    totals: dict[int, list[float]] = {}
     try:
-        pids = [int(p) for p in os.listdir("/proc") if p.isdigit()]
+        pids = [p for p in os.listdir("/proc") if p.isdigit()]
     except OSError:
         pids = []
     for pid in pids:
-        if pid == leader:
+        fields = _stat_fields(int(pid))
+        # Field 5, the process group, is index 2 after the state field.
+        if fields is None or len(fields) < 13 or fields[2] not in wanted:
             continue
-        other = _stat_fields(pid)
-        # Field 5, the process group, is index 2 after the state.
-        if other is not None and len(other) > 12 and other[2] == str(leader):
-            rss += _rss_bytes(pid)
-            cpu += _cpu_seconds(other)
-    return Usage(leader, rss, cpu)
-
-
-def process_state(pid: int) -> str | None:
-    """The one-letter state of /proc/<pid>/stat ('R', 'S', 'T' when stopped, 'Z' ...), None if gone."""
-    fields = _stat_fields(pid)
-    return fields[0] if fields else None
+        total = totals.setdefault(wanted[fields[2]], [0, 0.0])
+        total[0] += _rss_bytes(int(pid))
+        total[1] += _cpu_seconds(fields)
+    return {leader: Usage(leader, int(rss), cpu) for leader, (rss, cpu) in totals.items()}

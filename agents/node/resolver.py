@@ -57,13 +57,16 @@ class _Service:
 class Resolver:
     """Answers resolve questions from one resolver table; keeps the round-robin position."""
 
+    # A malformed table raises KeyError, TypeError, ValueError or AttributeError here.
     def __init__(self, table: dict[str, Any] | None = None) -> None:
         self.table: dict[str, Any] = table or {"services": []}
         self._services: dict[ServiceKey, _Service] = {}
         for entry in self.table.get("services") or []:
             ports = {int(p["port"]): int(p.get("targetPort") or p["port"]) for p in entry.get("ports") or []}
-            service = _Service(str(entry["name"]), str(entry.get("namespace") or "default"), ports,
-                               tuple(entry.get("endpoints") or ()))
+            endpoints = tuple(entry.get("endpoints") or ())
+            if not all(isinstance(e, dict) and e.get("address") for e in endpoints):
+                raise ValueError(f"service {entry['name']}: every endpoint needs an address")
+            service = _Service(str(entry["name"]), str(entry.get("namespace") or "default"), ports, endpoints)
             self._services[(service.namespace, service.name)] = service
         self._turns: dict[tuple[ServiceKey, int], itertools.count[int]] = {}
 

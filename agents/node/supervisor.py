@@ -118,9 +118,14 @@ class NodeSupervisor:
                 _say(f"ignoring config {path}: {e}")
 
     def _apply_config(self, section: str, value: Any) -> None:
-        self.config[section] = value
+        """Take a config section into use; ValueError (and no change) if it is malformed."""
         if section == "resolver":
-            self.resolver = Resolver(value if isinstance(value, dict) else None)
+            try:
+                resolver = Resolver(value)
+            except (AttributeError, KeyError, TypeError, ValueError) as e:
+                raise ValueError(f"bad resolver table: {e!r}") from None
+            self.resolver = resolver
+        self.config[section] = value
 
     # -- state file ----------------------------------------------------------
     def _changed(self) -> None:
@@ -186,9 +191,13 @@ class NodeSupervisor:
             return {"changed": True}
 
     async def _op_stop(self, request: dict[str, Any]) -> dict[str, Any]:
+        """Stop a process and forget it: `list` no longer shows it (its log stays)."""
         process = self._process(request["name"])
         async with self._lock(process.spec.name):
             await process.stop()
+            if self.processes.get(process.spec.name) is process:
+                del self.processes[process.spec.name]
+        self._changed()
         return {}
 
     async def _op_list(self, request: dict[str, Any]) -> dict[str, Any]:
@@ -202,8 +211,8 @@ class NodeSupervisor:
         running = {name: p.pid for name, p in self.processes.items() if p.pid is not None}
 
         def measure() -> dict[str, Any]:
-            found = {name: group_usage(pid) for name, pid in running.items()}
-            return {name: u.to_json() for name, u in found.items() if u is not None}
+            found = group_usage(list(running.values()))
+            return {name: found[pid].to_json() for name, pid in running.items() if pid in found}
 
         return {"usage": await asyncio.to_thread(measure)}
 
@@ -211,8 +220,8 @@ class NodeSupervisor:
         section, value = request["section"], request["value"]
         if not isinstance(section, str) or not _SECTION.match(section):
             raise ValueError(f"bad section name {section!r}")
+        self._apply_config(section, value)  # first: a malformed section is refused, not kept
         await asyncio.to_thread(write_json_atomic, self.dir / "config" / f"{section}.json", value)
-        self._apply_config(section, value)
         return {}
 
     async def _op_shutdown(self, request: dict[str, Any]) -> dict[str, Any]:

@@ -18,7 +18,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from agents.common.certs import parse_spiffe
+from agents.common.certs import parse_spiffe, spiffe_id
 from lab.ca.registry import IssuedCert, IssuedRegistry
 from lab.errors import CertificateRefused, LabError
 from lab.state import atomic_write
@@ -61,6 +61,10 @@ class LabCA:
     @classmethod
     def load_or_create(cls, ca_dir: Path, trust_domain: str) -> LabCA:
         """The lab's CA from `ca_dir`, made there first if the folder holds none."""
+        try:
+            spiffe_id(trust_domain, "default", "default")
+        except ValueError:
+            raise LabError(f"bad trust domain {trust_domain!r} (lowercase letters, digits, '.', '-', '_')") from None
         key_path, cert_path = ca_dir / "root-key.pem", ca_dir / "root-cert.pem"
         if key_path.exists() or cert_path.exists():
             return cls(ca_dir, trust_domain, *_load_root(key_path, cert_path))

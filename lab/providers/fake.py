@@ -119,10 +119,8 @@ class FakeProvider(Provider):
         processes[spec.name] = FakeProcess(spec, next(self._pids), log=[f"started {' '.join(spec.argv)}"])
 
     async def stop_process(self, node: str, name: str) -> None:
-        process = self._process(node, name)
-        if process.state == "running":
-            process.log.append("stopped")
-        process.state, process.pid = "stopped", None
+        self._process(node, name)
+        del self._node(node).processes[name]
 
     async def list_processes(self, node: str) -> list[ProcessStatus]:
         return [p.status() for _, p in sorted(self._node(node).processes.items())]

@@ -256,21 +256,20 @@ class LocalProvider(Provider):
         folder = self._require_node(node)
         full_env = {**os.environ, **(env or {}), **self._tags(node)}
         try:
-            proc = await asyncio.create_subprocess_exec(
-                *argv, cwd=folder, env=full_env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                stderr=subprocess.PIPE, start_new_session=True)
+            # Popen rather than asyncio's subprocess: cancelling a half-created one can hang Python 3.11.
+            proc = subprocess.Popen(argv, cwd=folder, env=full_env, stdin=subprocess.DEVNULL,
+                                    stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
         except OSError as e:  # answer like a shell would, as docker and ssh do
             return ExecResult(126 if isinstance(e, PermissionError) else 127, "", f"{argv[0]}: {e.strerror}\n")
         try:
-            out, err = await asyncio.wait_for(proc.communicate(), timeout)
-        except TimeoutError:
+            out, err = await asyncio.to_thread(proc.communicate, None, timeout)
+        except subprocess.TimeoutExpired:
             _kill_group(proc.pid)
-            await proc.wait()
+            await asyncio.to_thread(proc.communicate)
             raise ProvisionError(f"node {node}: {shlex.join(argv)} did not finish within {timeout:g}s") from None
         except asyncio.CancelledError:
-            _kill_group(proc.pid)
+            _kill_group(proc.pid)  # the thread's communicate() then returns
             raise
-        assert proc.returncode is not None
         return ExecResult(proc.returncode, out.decode(errors="replace"), err.decode(errors="replace"))
 
     # -- supervised processes ---------------------------------------------------

@@ -9,6 +9,7 @@ Blocking (it sleeps while processes exit): call it from a thread in async code.
 from __future__ import annotations
 
 import os
+import shlex
 import signal
 import time
 from typing import NamedTuple
@@ -20,11 +21,11 @@ class TaggedProcess(NamedTuple):
     pid: int
     lab: str
     node: str
-    cmdline: str
+    cmdline: tuple[str, ...]  # its argv
     start_ticks: int = 0  # start time from /proc/<pid>/stat: tells a reused pid apart
 
     def describe(self) -> str:
-        return f"process {self.pid} (lab {self.lab}, node {self.node or '-'}): {self.cmdline}"
+        return f"process {self.pid} (lab {self.lab}, node {self.node or '-'}): {shlex.join(self.cmdline)}"
 
 
 def _read(path: str) -> bytes | None:
@@ -74,7 +75,8 @@ def find_tagged(lab: str | None = None, node: str | None = None) -> list[TaggedP
         start = _start_ticks(pid)
         if start is None:
             continue
-        cmdline = (_read(f"{PROC}/{pid}/cmdline") or b"").replace(b"\0", b" ").decode(errors="replace").strip()
+        raw = (_read(f"{PROC}/{pid}/cmdline") or b"").rstrip(b"\0")
+        cmdline = tuple(arg.decode(errors="replace") for arg in raw.split(b"\0")) if raw else ()
         found.append(TaggedProcess(pid, tags[0], tags[1], cmdline, start))
     return found
 

@@ -29,7 +29,7 @@ def meshlab(*args: str, check: bool = True, timeout: float = 90) -> subprocess.C
 
 
 def lab_pids(lab: str) -> set[int]:
-    return {t.pid if hasattr(t, "pid") else t[0] for t in find_tagged(lab=lab)}
+    return {t.pid for t in find_tagged(lab=lab)}
 
 
 def write_topology(tmp_path: Path, text: str) -> Path:
@@ -125,11 +125,10 @@ def test_a_crashed_workload_is_restarted_and_counted(bookinfo) -> None:
 
 def test_down_after_sigkill_of_every_lab_process_leaves_nothing() -> None:
     meshlab("up", str(BOOKINFO))
-    supervisors = [t for t in find_tagged(lab="bookinfo") if " node " in " ".join(t.cmdline if hasattr(t, "cmdline")
-                                                                                     else t[3])]
+    supervisors = [t for t in find_tagged(lab="bookinfo") if " node " in " ".join(t.cmdline)]
     assert len(supervisors) == 3
     for t in supervisors:
-        os.kill(t.pid if hasattr(t, "pid") else t[0], signal.SIGKILL)
+        os.kill(t.pid, signal.SIGKILL)
     assert lab_pids("bookinfo"), "workloads outlive their supervisor until down"
     down = meshlab("down", "bookinfo", "--json", check=False)
     assert lab_pids("bookinfo") == set(), down.stdout + down.stderr

@@ -1,9 +1,10 @@
 """The provider conformance suite: what every Provider must do, run against each implementation.
 
 Like trio's `check_two_way_stream`: a test module subclasses `ProviderConformance`
-and supplies three fixtures -- `provider` (a fresh provider for a unique lab,
-cleaned up afterwards), `agent_pyz` and `node_address` -- and may override the
-hooks (`crash`, `leftovers`, `real_processes`). Tests that need processes that
+and supplies the fixtures `provider` (a fresh provider for a unique lab,
+cleaned up afterwards), `agent_pyz`, `node_address` and `workload_address`
+(tests/providers/conftest.py has the last three), and may override the hooks
+(`crash`, `leftovers`, `leftovers_of_exec`, `real_processes`, `python`). Tests that need processes that
 really run (output, readiness gating, exec, the resolver) skip on a provider
 without them, such as the fake one.
 
@@ -90,6 +91,10 @@ class ProviderConformance:
         """What of the provider's lab still exists (processes, containers, records)."""
         return []
 
+    async def leftovers_of_exec(self, provider: Provider) -> list[str]:
+        """Processes of finished `exec` calls still running (none may be)."""
+        return []
+
     def workload(self, name: str, *, listen: str | None = None, gate: str | None = None,
                  exit_code: int | None = None, ready_tcp: tuple[str, int] | None = None,
                  restart: str = "always", **env: str) -> ProcessSpec:
@@ -152,8 +157,9 @@ class ProviderConformance:
         assert (st.restarts, st.exit_code, st.labels) == (0, None, {"role": "test"})
         assert st.started_at is not None
         await provider.stop_process(node, "w1")
-        st = await status_of(provider, node, "w1")
-        assert (st.state, st.pid, st.ready) == ("stopped", None, False)
+        assert await provider.list_processes(node) == []  # stopped and forgotten
+        await provider.start_process(node, self.workload("w1"))
+        assert (await self.running(provider, node, "w1")).pid != st.pid
 
     async def test_stop_unknown_process_is_an_error(self, provider: Provider, node: str) -> None:
         with pytest.raises(ProvisionError, match="nope"):
@@ -272,6 +278,13 @@ class ProviderConformance:
         assert (result.exit_code, result.stdout, result.stderr) == (4, "node-1 hi\n", "copied\n")
         missing = await provider.exec(node, ["no-such-command-meshlab"])
         assert missing.exit_code == 127
+
+    async def test_exec_that_overruns_its_timeout_is_killed(self, provider: Provider, node: str) -> None:
+        self.need_real_processes()
+        script = "import time; print('sleeping', flush=True); time.sleep(60)"
+        with pytest.raises(ProvisionError, match="did not finish within 0.5s"):
+            await provider.exec(node, [self.python, "-c", script], timeout=0.5)
+        assert await self.leftovers_of_exec(provider) == []
 
     async def test_copy_file_refuses_to_leave_the_node_folder(self, provider: Provider, node: str,
                                                               tmp_path: Path) -> None:

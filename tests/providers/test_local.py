@@ -54,6 +54,9 @@ class TestLocalConformance(ProviderConformance):
     async def leftovers(self, provider: Provider) -> list[str]:
         return [p.describe() for p in proctags.find_tagged(provider.lab)]
 
+    async def leftovers_of_exec(self, provider: Provider) -> list[str]:
+        return [p.describe() for p in proctags.find_tagged(provider.lab) if "sleeping" in " ".join(p.cmdline)]
+
 
 async def _create(provider: LocalProvider, agent_pyz: Path, address: str, name: str = "node-1") -> int:
     info = await provider.create_node(NodeSpec(provider.lab, name, 0, address), agent_pyz)

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import os
+import signal
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -11,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from agents.node import processes
+from agents.node.procfs import group_usage
 from agents.node.processes import Backoff, ProcessSpec, SupervisedProcess, describe_exit
 
 TIMEOUT = 20.0
@@ -69,7 +72,8 @@ async def test_stop_escalates_to_sigkill(tmp_path: Path, monkeypatch: pytest.Mon
     script = "import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); print('up', flush=True); time.sleep(60)"
     process = supervised(tmp_path, sys.executable, "-c", script)
     process.start()
-    await until(lambda: "up" in (tmp_path / "p.log").read_text(), "the process up")
+    log = tmp_path / "p.log"
+    await until(lambda: log.exists() and "up" in log.read_text().splitlines(), "the process up")
     await process.stop()
     assert (process.state, process.exit_code, process.pid) == ("stopped", -9, None)
 
@@ -105,3 +109,36 @@ async def test_stop_during_backoff_is_prompt(tmp_path: Path) -> None:
     await until(lambda: process.state == "backoff" and process.restarts >= 1, "a second backoff")
     await asyncio.wait_for(process.stop(), TIMEOUT)
     assert (process.state, process.exit_code) == ("stopped", 2)
+
+
+def test_group_usage_sums_the_whole_process_group() -> None:
+    leader = subprocess.Popen(["sh", "-c", "sleep 30 & sleep 30 & wait"], start_new_session=True)
+    try:
+        deadline = time.monotonic() + TIMEOUT
+        while len(_group_members(leader.pid)) < 3:
+            assert time.monotonic() < deadline, "the group never had 3 members"
+            time.sleep(0.02)
+        usage = group_usage([leader.pid, 999_999_999])
+        assert set(usage) == {leader.pid}
+        alone = _rss(leader.pid)
+        assert usage[leader.pid].rss_bytes > alone > 0  # the two sleeps count too
+        assert usage[leader.pid].cpu_seconds >= 0
+    finally:
+        os.killpg(leader.pid, signal.SIGKILL)
+        leader.wait()
+
+
+def _group_members(pgid: int) -> list[str]:
+    found = []
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            if Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[2] == str(pgid):
+                found.append(pid)
+        except OSError:
+            pass
+    return found
+
+
+def _rss(pid: int) -> int:
+    line = next(x for x in Path(f"/proc/{pid}/status").read_text().splitlines() if x.startswith("VmRSS:"))
+    return int(line.split()[1]) * 1024

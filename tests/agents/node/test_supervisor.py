@@ -28,11 +28,19 @@ async def supervisor(tmp_path: Path) -> AsyncIterator[NodeSupervisor]:
     ({"op": "stop", "name": "ghost"}, "stop: no process named 'ghost' on node node-1"),
     ({"op": "signal", "name": "ghost", "signal": 19}, "no process named 'ghost'"),
     ({"op": "config", "section": "../x", "value": {}}, "bad section name"),
+    ({"op": "config", "section": "resolver", "value": {"services": [{"ports": []}]}}, "bad resolver table"),
+    ({"op": "config", "section": "resolver", "value": ["not", "a", "table"]}, "bad resolver table"),
 ])
 async def test_errors_are_answers(supervisor: NodeSupervisor, request_: dict, error: str) -> None:
     answer = await supervisor.handle(request_)
     assert answer["ok"] is False
     assert error in answer["error"]
+
+
+async def test_a_refused_config_is_not_kept(supervisor: NodeSupervisor, tmp_path: Path) -> None:
+    await supervisor.handle({"op": "config", "section": "resolver", "value": {"services": [{}]}})
+    assert not (tmp_path / "config" / "resolver.json").exists()
+    assert "resolver" not in supervisor.config
 
 
 async def test_start_is_idempotent(supervisor: NodeSupervisor) -> None:

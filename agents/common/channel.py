@@ -1,0 +1,146 @@
+"""The agent side of the control plane's agent channel (like istiod's 15012): config and certificates.
+
+Theory of operation: an agent holds one TLS connection to the control plane
+(the server's certificate is checked against the lab root the lab copied onto
+the node), says hello with its node's bootstrap token, and then receives a
+stream of versioned config snapshots. It answers every version with an ACK, or
+a NACK when `on_config` rejects it (keeping its last good config). Certificate
+requests (CSR in, leaf + root out) travel on the same connection.
+
+When the connection drops, the agent keeps serving with what it has and
+reconnects with exponential backoff and jitter; on reconnect it tells the
+control plane which version it last ACKed.
+
+Wire format: one JSON object per line, in both directions.
+  agent -> cp  {"type": "hello", "node", "agent", "token", "version"}
+  cp -> agent  {"type": "config", "version": N, "config": {...}}
+  agent -> cp  {"type": "ack", "version": N} | {"type": "nack", "version": N, "error": "..."}
+  agent -> cp  {"type": "csr", "id": K, "identity": "spiffe://...", "csr": PEM}
+  cp -> agent  {"type": "cert", "id": K, "leaf": PEM, "root": PEM} | {"type": "error", "id": K, "error": "..."}
+  cp -> agent  {"type": "denied", "error": "..."}  (bad token: the agent stops retrying quickly)
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import json
+import logging
+import random
+import ssl
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+log = logging.getLogger("meshlab.channel")
+
+MAX_MESSAGE = 64 * 1024 * 1024
+BACKOFF_FIRST, BACKOFF_MAX = 0.1, 5.0
+
+ConfigHandler = Callable[[int, dict[str, Any]], Awaitable[None]]
+
+
+class ChannelError(Exception):
+    """The control plane refused a request (for example a certificate for an identity not on this node)."""
+
+
+class AgentChannel:
+    """One agent's connection to the control plane, kept alive for the agent's lifetime."""
+
+    def __init__(self, host: str, port: int, root_pem_file: str, node: str, agent: str, token: str,
+                 on_config: ConfigHandler) -> None:
+        self.host, self.port = host, port
+        self.node, self.agent, self.token = node, agent, token
+        self.on_config = on_config
+        self._ssl = ssl.create_default_context(cafile=root_pem_file)
+        self._ssl.check_hostname = False  # the serving cert is checked against the lab root; SAN is an IP
+        self.version = 0  # last ACKed
+        self.connected = asyncio.Event()
+        self._writer: asyncio.StreamWriter | None = None
+        self._pending: dict[int, asyncio.Future[dict[str, Any]]] = {}
+        self._ids = itertools.count(1)
+        self._task: asyncio.Task[None] | None = None
+        self.reconnects = 0
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._run(), name=f"channel-{self.agent}")
+
+    async def close(self) -> None:
+        if self._task:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+        if self._writer:
+            self._writer.close()
+
+    async def request_cert(self, identity: str, csr_pem: bytes, timeout: float = 30.0) -> tuple[bytes, bytes]:
+        """Send a CSR; returns (leaf PEM, root PEM). Waits for the channel when it is down."""
+        await asyncio.wait_for(self.connected.wait(), timeout)
+        req_id = next(self._ids)
+        fut: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
+        self._pending[req_id] = fut
+        try:
+            self._send({"type": "csr", "id": req_id, "identity": identity, "csr": csr_pem.decode()})
+            answer = await asyncio.wait_for(fut, timeout)
+        finally:
+            self._pending.pop(req_id, None)
+        if answer["type"] == "error":
+            raise ChannelError(answer["error"])
+        return answer["leaf"].encode(), answer["root"].encode()
+
+    def _send(self, msg: dict[str, Any]) -> None:
+        if self._writer is None:
+            raise ConnectionError("not connected to the control plane")
+        self._writer.write(json.dumps(msg).encode() + b"\n")
+
+    async def _run(self) -> None:
+        backoff = BACKOFF_FIRST
+        while True:
+            try:
+                await self._session()
+                backoff = BACKOFF_FIRST
+            except (OSError, ssl.SSLError, asyncio.IncompleteReadError, ValueError, ConnectionError) as e:
+                log.info("control plane %s:%d unreachable (%s); retrying in %.1fs", self.host, self.port, e, backoff)
+            finally:
+                self.connected.clear()
+                self._writer = None
+                for fut in self._pending.values():
+                    if not fut.done():
+                        fut.set_exception(ConnectionError("control plane connection lost"))
+            await asyncio.sleep(backoff * (0.5 + random.random()))
+            backoff = min(backoff * 2, BACKOFF_MAX)
+            self.reconnects += 1
+
+    async def _session(self) -> None:
+        reader, writer = await asyncio.wait_for(
+            asyncio.open_connection(self.host, self.port, ssl=self._ssl, limit=MAX_MESSAGE), timeout=5)
+        self._writer = writer
+        try:
+            self._send({"type": "hello", "node": self.node, "agent": self.agent, "token": self.token,
+                        "version": self.version})
+            self.connected.set()
+            log.info("connected to the control plane at %s:%d", self.host, self.port)
+            while True:
+                line = await reader.readline()
+                if not line:
+                    raise ConnectionError("control plane closed the channel")
+                await self._dispatch(json.loads(line))
+        finally:
+            writer.close()
+
+    async def _dispatch(self, msg: dict[str, Any]) -> None:
+        kind = msg.get("type")
+        if kind == "config":
+            version = int(msg["version"])
+            try:
+                await self.on_config(version, msg["config"])
+            except Exception as e:  # a config the agent cannot use: NACK it and keep the last good one
+                log.warning("config version %d rejected: %s", version, e)
+                self._send({"type": "nack", "version": version, "error": f"{type(e).__name__}: {e}"})
+                return
+            self.version = version
+            self._send({"type": "ack", "version": version})
+        elif kind in ("cert", "error"):
+            fut = self._pending.get(int(msg.get("id", -1)))
+            if fut and not fut.done():
+                fut.set_result(msg)
+        elif kind == "denied":
+            raise ConnectionError(f"control plane refused this agent: {msg.get('error')}")

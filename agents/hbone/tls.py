@@ -1,0 +1,198 @@
+"""Mutual TLS 1.3 for HBONE: contexts from PEM, peer identity, and SNI names for identities.
+
+Every HBONE connection is TLS 1.3 only, ALPN ``h2``, with a certificate required
+on both sides and verified against the lab root. There is no hostname check: a
+workload's identity is the ``spiffe://`` URI SAN of its certificate, read with
+`peer_identity` after the handshake and checked by the caller.
+
+Which certificate the server presents (SNI)
+-------------------------------------------
+A TLS server presents one certificate per handshake, and HBONE's destination
+side must present the *destination workload's* certificate. Istio's ztunnel
+finds the destination from the connection's original destination address; in
+the lab every workload of a node shares the ztunnel's port 15008, so the client
+names the identity it expects in SNI and the server picks that identity's
+context in its `sni_callback`:
+
+* ``spiffe://<td>/ns/<ns>/sa/<sa>`` → ``<sa>.<ns>.<td>.spiffe`` when <ns> and
+  <sa> are DNS labels and <td> a DNS name (the usual case; readable in a packet
+  capture, which is the point of a lab), for example
+  ``reviews.bookinfo.cluster.local.spiffe``;
+* anything else → ``<sha256(identity)[:32] hex>.sha256.spiffe``.
+
+A decodable name always has at least three labels before ``.spiffe``; a hashed
+one exactly two, so the two forms never collide. `identity_from_sni` reverses
+the first form. The client still checks the presented identity: SNI selects,
+the certificate proves.
+
+`CertSource` is what a ztunnel hands to HBONE: one client context per source
+identity, one server context per local identity (selected by SNI).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import shutil
+import ssl
+import tempfile
+from typing import Any, Protocol
+
+ALPN = "h2"
+SNI_SUFFIX = ".spiffe"
+_LABEL = r"[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?"
+_LABEL_RE = re.compile(rf"^{_LABEL}$")
+_DNS_RE = re.compile(rf"^{_LABEL}(\.{_LABEL})*$")
+_SPIFFE_RE = re.compile(r"^spiffe://([^/]+)/ns/([^/]+)/sa/([^/]+)$")
+
+
+class IdentityContext(ssl.SSLContext):
+    """An SSLContext that remembers the SPIFFE identity of the certificate it presents."""
+
+    identity: str | None = None
+
+
+def _context(server: bool, cert_pem: bytes, key_pem: bytes, root_pem: bytes,
+             identity: str | None) -> IdentityContext:
+    ctx = IdentityContext(ssl.PROTOCOL_TLS_SERVER if server else ssl.PROTOCOL_TLS_CLIENT)
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_3
+    ctx.maximum_version = ssl.TLSVersion.TLSv1_3
+    ctx.check_hostname = False
+    ctx.verify_mode = ssl.CERT_REQUIRED
+    ctx.set_alpn_protocols([ALPN])
+    if server:
+        # No session tickets: nothing is ever written from inside SSL_read, so the
+        # connection's reader and writer threads never touch the same TLS state.
+        ctx.num_tickets = 0
+    ctx.load_verify_locations(cadata=_text(root_pem))
+    tmp = tempfile.mkdtemp(prefix="hbone-tls-")  # mode 0700
+    try:
+        cert_path, key_path = os.path.join(tmp, "cert.pem"), os.path.join(tmp, "key.pem")
+        for path, data in ((cert_path, cert_pem), (key_path, key_pem)):
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            with os.fdopen(fd, "wb") as f:
+                f.write(_bytes(data))
+        ctx.load_cert_chain(cert_path, key_path)
+        ctx.identity = identity or _cert_identity(cert_path)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return ctx
+
+
+def server_context(cert_pem: bytes | str, key_pem: bytes | str, root_pem: bytes | str,
+                   *, identity: str | None = None) -> IdentityContext:
+    """A server context: TLS 1.3, ALPN h2, client certificate required against `root_pem`."""
+    return _context(True, _bytes(cert_pem), _bytes(key_pem), _bytes(root_pem), identity)
+
+
+def client_context(cert_pem: bytes | str, key_pem: bytes | str, root_pem: bytes | str,
+                   *, identity: str | None = None) -> IdentityContext:
+    """A client context: TLS 1.3, ALPN h2, server certificate verified against `root_pem`, no hostname check."""
+    return _context(False, _bytes(cert_pem), _bytes(key_pem), _bytes(root_pem), identity)
+
+
+def bare_server_context() -> ssl.SSLContext:
+    """A server context without a certificate: the base when only SNI can pick one."""
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_3
+    ctx.verify_mode = ssl.CERT_REQUIRED
+    ctx.set_alpn_protocols([ALPN])
+    ctx.num_tickets = 0
+    return ctx
+
+
+def peer_identity(ssl_object: ssl.SSLObject | ssl.SSLSocket) -> str | None:
+    """The first ``spiffe://`` URI SAN of the verified peer certificate, or None."""
+    try:
+        cert = ssl_object.getpeercert()
+    except (ValueError, ssl.SSLError):
+        return None
+    return _spiffe_uri(cert or {})
+
+
+def context_identity(ctx: ssl.SSLContext | None) -> str | None:
+    """The identity a context presents, when it was made here."""
+    return getattr(ctx, "identity", None)
+
+
+def sni_for_identity(identity: str) -> str:
+    """The SNI name a client sends to ask for `identity`'s certificate (see the module docstring)."""
+    m = _SPIFFE_RE.match(identity)
+    if m:
+        td, ns, sa = m.groups()
+        name = f"{sa}.{ns}.{td}{SNI_SUFFIX}"
+        if _LABEL_RE.match(sa) and _LABEL_RE.match(ns) and _DNS_RE.match(td) and len(name) <= 253:
+            return name
+    return hashlib.sha256(identity.encode()).hexdigest()[:32] + ".sha256" + SNI_SUFFIX
+
+
+def identity_from_sni(sni: str | None) -> str | None:
+    """The identity a readable SNI name stands for; None for hashed or foreign names."""
+    if not sni or not sni.endswith(SNI_SUFFIX):
+        return None
+    labels = sni[: -len(SNI_SUFFIX)].split(".")
+    if len(labels) < 3:
+        return None
+    sa, ns, td = labels[0], labels[1], ".".join(labels[2:])
+    return f"spiffe://{td}/ns/{ns}/sa/{sa}"
+
+
+class CertSource(Protocol):
+    """Where HBONE gets its TLS contexts: the ztunnel implements this from its certificates."""
+
+    def client_context(self, identity: str) -> ssl.SSLContext | None:
+        """The context to connect as `identity` (a source workload), or None if it has no certificate."""
+
+    def server_context(self, sni: str | None) -> ssl.SSLContext | None:
+        """The context to present for an SNI name (None: no SNI sent), or None to refuse the handshake."""
+
+
+class StaticCertSource:
+    """A CertSource over a fixed set of identities (tests, the benchmark, simple agents)."""
+
+    def __init__(self) -> None:
+        self._client: dict[str, ssl.SSLContext] = {}
+        self._server: dict[str, ssl.SSLContext] = {}
+        self.default: ssl.SSLContext | None = None
+
+    def add(self, cert_pem: bytes | str, key_pem: bytes | str, root_pem: bytes | str,
+            identity: str | None = None) -> str:
+        """Add one identity's certificate; returns the identity (read from the certificate if not given)."""
+        server = server_context(cert_pem, key_pem, root_pem, identity=identity)
+        ident = server.identity
+        if not ident:
+            raise ValueError("certificate has no spiffe:// URI SAN; pass identity=")
+        self._server[sni_for_identity(ident)] = server
+        self._client[ident] = client_context(cert_pem, key_pem, root_pem, identity=ident)
+        return ident
+
+    def client_context(self, identity: str) -> ssl.SSLContext | None:
+        return self._client.get(identity)
+
+    def server_context(self, sni: str | None) -> ssl.SSLContext | None:
+        if sni is None:
+            return self.default
+        return self._server.get(sni, None)
+
+
+def _cert_identity(path: str) -> str | None:
+    try:  # the ssl module's own certificate decoder; private, hence the fallback
+        return _spiffe_uri(ssl._ssl._test_decode_cert(path))  # type: ignore[attr-defined]
+    except Exception:
+        return None
+
+
+def _spiffe_uri(cert: dict[str, Any]) -> str | None:
+    for kind, value in cert.get("subjectAltName", ()):
+        if kind == "URI" and value.startswith("spiffe://"):
+            return value
+    return None
+
+
+def _bytes(data: bytes | str) -> bytes:
+    return data.encode() if isinstance(data, str) else data
+
+
+def _text(data: bytes | str) -> str:
+    return data.decode() if isinstance(data, bytes) else data
