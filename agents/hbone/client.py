@@ -150,17 +150,17 @@ class HboneClient:
             raw = socket.create_connection(addr, timeout=self.connect_timeout)
         except OSError as exc:
             raise HboneError(None, f"cannot connect to {addr[0]}:{addr[1]}: {exc}") from exc
+        tls: ssl.SSLSocket | None = None
         try:
             raw.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             tls = ctx.wrap_socket(raw, server_hostname=sni, do_handshake_on_connect=False)
             tls.do_handshake()
             if tls.selected_alpn_protocol() != ALPN:
-                tls.close()
-                raise HboneError(None, f"{addr[0]}:{addr[1]} did not negotiate ALPN h2")
+                raise ssl.SSLError(f"{addr[0]}:{addr[1]} did not negotiate ALPN h2")
             tls.settimeout(None)
             return tls
         except (OSError, ValueError) as exc:
-            raw.close()
+            (tls or raw).close()
             raise HboneError(None, f"TLS handshake with {addr[0]}:{addr[1]} failed: {exc}") from exc
 
     def _forget(self, key: PoolKey, conn: Connection) -> None:

@@ -100,6 +100,7 @@ class Connection:
         self.outq_bytes = 0
         self._wake = threading.Event()
         self._closing = False
+        self._close_error: str | None = None
         self.send_window = fr.DEFAULT_WINDOW
         self.peer_max_frame = fr.DEFAULT_MAX_FRAME
         self.peer_initial_window = fr.DEFAULT_WINDOW
@@ -221,7 +222,7 @@ class Connection:
                 self._wake.clear()
                 self.flush()
                 if self._closing and not self._outq:
-                    self.fail(None)
+                    self.fail(self._close_error)
         finally:
             self._thread_done()
 
@@ -253,6 +254,8 @@ class Connection:
                     self._dispatch(events)
                 if pos == end:
                     pos = end = 0
+            self.fail("connection closed by peer" if not self._closing else None)
+        except (ssl.SSLZeroReturnError, ssl.SSLEOFError):
             self.fail("connection closed by peer" if not self._closing else None)
         except fr.ConnectionError_ as exc:
             self._protocol_error(exc.code, str(exc))
@@ -383,19 +386,20 @@ class Connection:
     # ------------------------------------------------------------ teardown
 
     def _protocol_error(self, code: int, message: str) -> None:
+        """The peer broke HTTP/2: GOAWAY (written by the sender thread), then close."""
         with self.lock:
-            if not self.closed:
-                try:
-                    self.h2.close_connection(code)
-                except h2.exceptions.ProtocolError:
-                    pass
-                self._enqueue_locked(self.h2.data_to_send())
-        try:
-            self.sock.settimeout(1.0)
-            self.flush()
-        except (OSError, ValueError):
-            pass
-        self.fail(message)
+            if self.closed or self._closing:
+                return
+            try:
+                self.h2.close_connection(code)
+            except h2.exceptions.ProtocolError:
+                pass
+            self._enqueue_locked(self.h2.data_to_send())
+            self._closing = True
+            self._close_error = message
+        timer = threading.Timer(2.0, self.fail, (message,))  # in case the peer does not read
+        timer.daemon = True
+        timer.start()
 
     def fail(self, error: str | None) -> None:
         """The connection is over: every open tunnel fails with `error` (None: an orderly close)."""
@@ -411,6 +415,7 @@ class Connection:
             waiters, self.drain_waiters = self.drain_waiters, []
         for fut in waiters:
             call_in_loop(self.loop, _resolve, fut)
+        call_in_loop(self.loop, self.settings_received.set)  # a client waiting for SETTINGS sees `closed`
         try:
             self.sock.shutdown(socket.SHUT_RDWR)
         except (OSError, ValueError):

@@ -63,7 +63,7 @@ class NodeSupervisor:
         self.socket_path = node_dir / "control.sock"
         self.pid_path = node_dir / "supervisor.pid"
         self.state_path = node_dir / "supervisor.json"
-        self._env = {**os.environ, "MESHLAB_LAB": lab, "MESHLAB_NODE": node}
+        self._env = {**os.environ, "MESHLAB_LAB": lab, "MESHLAB_NODE": node}  # MESHLAB_HOME is inherited
         self._locks: dict[str, asyncio.Lock] = {}
         self._dirty = asyncio.Event()
         self._shutdown = asyncio.Event()

@@ -96,7 +96,7 @@ class LocalProvider(Provider):
         return (sys.executable, str(self.node_dir(node) / "agents.pyz"))
 
     def _tags(self, node: str) -> dict[str, str]:
-        return {"MESHLAB_LAB": self.lab, "MESHLAB_NODE": node}
+        return {"MESHLAB_LAB": self.lab, "MESHLAB_NODE": node, "MESHLAB_HOME": proctags.home_tag()}
 
     def _supervisor_pid(self, node: str) -> int | None:
         """The pid of the node's live supervisor, from its pid file, checked against its tags."""
@@ -104,7 +104,7 @@ class LocalProvider(Provider):
             pid = int((self.node_dir(node) / "supervisor.pid").read_text().strip())
         except (OSError, ValueError):
             return None
-        return pid if proctags.tags_of(pid) == (self.lab, node) else None
+        return pid if proctags.tags_of(pid) == (self.lab, node, proctags.home_tag()) else None
 
     def _require_node(self, node: str) -> Path:
         folder = self.node_dir(node)

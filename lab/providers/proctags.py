@@ -1,6 +1,6 @@
 """Finds and kills the processes a lab started, by the tags in their environment.
 
-Every process of a lab carries `MESHLAB_LAB=<lab>` and `MESHLAB_NODE=<node>`
+Every process of a lab carries `MESHLAB_LAB=<lab>`, `MESHLAB_NODE=<node>` and `MESHLAB_HOME=<home>`
 (docs/architecture.md). Reading them from `/proc/<pid>/environ` needs no state,
 so `down` and `clean` work after the lab's own processes were SIGKILLed.
 Blocking (it sleeps while processes exit): call it from a thread in async code.
@@ -13,6 +13,8 @@ import shlex
 import signal
 import time
 from typing import NamedTuple
+
+from lab.state import meshlab_home
 
 PROC = "/proc"
 
@@ -47,30 +49,42 @@ def _start_ticks(pid: int) -> int | None:
     return int(fields[19])  # field 22 of stat, the 20th after the state
 
 
-def tags_of(pid: int) -> tuple[str, str] | None:
-    """(lab, node) of a tagged process, None for an untagged one."""
+def home_tag() -> str:
+    """The MESHLAB_HOME a lab belongs to: labs of the same name under two homes are two labs."""
+    return str(meshlab_home().resolve())
+
+
+def tags_of(pid: int) -> tuple[str, str, str] | None:
+    """(lab, node, home) of a tagged process, None for an untagged one."""
     raw = _read(f"{PROC}/{pid}/environ")
     if not raw:
         return None
-    lab = node = ""
+    lab = node = home = ""
     for entry in raw.split(b"\0"):
         if entry.startswith(b"MESHLAB_LAB="):
             lab = entry[12:].decode(errors="replace")
         elif entry.startswith(b"MESHLAB_NODE="):
             node = entry[13:].decode(errors="replace")
-    return (lab, node) if lab else None
+        elif entry.startswith(b"MESHLAB_HOME="):
+            home = entry[13:].decode(errors="replace")
+    return (lab, node, home) if lab else None
 
 
 def find_tagged(lab: str | None = None, node: str | None = None) -> list[TaggedProcess]:
-    """Processes tagged with `lab` (any lab if None) and `node` (any node if None); never this process."""
+    """Processes of this MESHLAB_HOME tagged with `lab` (any lab if None) and `node` (any node if None).
+
+    Never this process.
+    """
     found = []
     me = os.getpid()
+    home = home_tag()
     for entry in os.listdir(PROC):
         if not entry.isdigit() or int(entry) == me:
             continue
         pid = int(entry)
         tags = tags_of(pid)
-        if tags is None or (lab is not None and tags[0] != lab) or (node is not None and tags[1] != node):
+        if (tags is None or tags[2] != home or (lab is not None and tags[0] != lab)
+                or (node is not None and tags[1] != node)):
             continue
         start = _start_ticks(pid)
         if start is None:

@@ -4,9 +4,9 @@ Like trio's `check_two_way_stream`: a test module subclasses `ProviderConformanc
 and supplies the fixtures `provider` (a fresh provider for a unique lab,
 cleaned up afterwards), `agent_pyz`, `node_address` and `workload_address`
 (tests/providers/conftest.py has the last three), and may override the hooks
-(`crash`, `leftovers`, `leftovers_of_exec`, `real_processes`, `python`). Tests that need processes that
-really run (output, readiness gating, exec, the resolver) skip on a provider
-without them, such as the fake one.
+(`crash`, `leftovers`, `leftovers_of_exec`, `python`). Tests that need processes that
+really run (output, readiness gating, exec, the resolver) are in
+`RealProcessConformance`, which every provider but the in-memory fake runs.
 
 Test workloads are small `python -c` scripts steered by files the test copies
 into the node's folder (their working directory), so the suite works the same
@@ -76,7 +76,6 @@ async def status_of(provider: Provider, node: str, name: str) -> ProcessStatus:
 class ProviderConformance:
     """Mix-in test class: the behaviour every provider must show."""
 
-    real_processes: ClassVar[bool] = True  # False: nothing really runs (fake); those tests skip
     python: ClassVar[str] = sys.executable  # the interpreter on a node
 
     # -- hooks ----------------------------------------------------------------
@@ -107,10 +106,6 @@ class ProviderConformance:
             values["TEST_EXIT"] = str(exit_code)
         return ProcessSpec(name=name, argv=(self.python, "-c", WORKLOAD_SCRIPT), env=values,
                            restart=restart, ready_tcp=ready_tcp, labels={"role": "test"})  # type: ignore[arg-type]
-
-    def need_real_processes(self) -> None:
-        if not self.real_processes:
-            pytest.skip("this provider runs no real processes")
 
     @pytest.fixture
     async def node(self, provider: Provider, agent_pyz: Path, node_address: str) -> str:
@@ -213,99 +208,15 @@ class ProviderConformance:
         st = await eventually(exited, "w1 exited")
         assert (st.exit_code, st.restarts) == (0, 0)
 
-    async def test_crash_loop_backs_off(self, provider: Provider, node: str) -> None:
-        self.need_real_processes()
-        await provider.start_process(node, self.workload("w1", exit_code=7))
-
-        async def crashed_thrice() -> ProcessStatus | None:
-            st = await status_of(provider, node, "w1")
-            return st if st.restarts >= 3 else None
-
-        st = await eventually(crashed_thrice, "w1 restarted 3 times")
-        assert st.exit_code == 7
-        assert st.state in ("starting", "running", "backoff")
-        # Each pause before a restart is at least the backoff delay: 0.2 s, doubling.
-        log = await provider.logs(node, "w1", tail=1000)
-        stamps = [(kind, _stamp(line)) for line in log.splitlines()
-                  for kind in ("started", "exited") if re.match(rf"\[meshlab [^]]+\] {kind}", line)]
-        pauses = [b[1] - a[1] for a, b in zip(stamps, stamps[1:]) if (a[0], b[0]) == ("exited", "started")]
-        assert len(pauses) >= 3, log
-        for i, pause in enumerate(pauses[:3]):
-            assert pause >= 0.2 * 2 ** i * 0.9, (pauses, log)
-
-    async def test_ready_tcp_gates_readiness(self, provider: Provider, node: str,
-                                             workload_address: str) -> None:
-        self.need_real_processes()
-        spec = self.workload("w1", listen=f"{workload_address}:18080", gate="open-w1",
-                             ready_tcp=(workload_address, 18080))
-        await provider.start_process(node, spec)
-        st = await self.running(provider, node, "w1", ready=False)
-        await asyncio.sleep(0.3)  # a few probe rounds: nothing listens yet
-        assert not (await status_of(provider, node, "w1")).ready
-        with tempfile.TemporaryDirectory() as tmp:
-            (Path(tmp) / "gate").write_text("")
-            await provider.copy_file(node, Path(tmp) / "gate", "open-w1")
-        ready = await self.running(provider, node, "w1", ready=True)
-        assert ready.pid == st.pid
-
     async def test_process_without_ready_tcp_is_ready_once_running(self, provider: Provider, node: str) -> None:
         await provider.start_process(node, self.workload("w1"))
         assert (await self.running(provider, node, "w1", ready=True)).ready
-
-    async def test_logs_hold_the_output_across_restarts(self, provider: Provider, node: str) -> None:
-        self.need_real_processes()
-        await provider.start_process(node, self.workload("w1"))
-        await self.running(provider, node, "w1")
-        await self.crash(provider, node, "w1", 3)
-
-        async def two_hellos() -> str | None:
-            text = await provider.logs(node, "w1")
-            return text if text.count("hello from w1 on node-1") == 2 else None
-
-        text = await eventually(two_hellos, "two hellos in the log")
-        assert "exited with code 3" in text
-        assert len((await provider.logs(node, "w1", tail=2)).splitlines()) == 2
-
-    # -- commands, files, config ------------------------------------------------------------
-    async def test_exec_runs_a_command_on_the_node(self, provider: Provider, node: str) -> None:
-        self.need_real_processes()
-        script = ("import os, sys; print(os.environ['MESHLAB_NODE'], os.environ['GREETING']); "
-                  "print(open('hello.txt').read(), file=sys.stderr); sys.exit(4)")
-        with tempfile.TemporaryDirectory() as tmp:
-            (Path(tmp) / "hello.txt").write_text("copied")
-            await provider.copy_file(node, Path(tmp) / "hello.txt", "hello.txt")
-        result = await provider.exec(node, [self.python, "-c", script], env={"GREETING": "hi"})
-        assert (result.exit_code, result.stdout, result.stderr) == (4, "node-1 hi\n", "copied\n")
-        missing = await provider.exec(node, ["no-such-command-meshlab"])
-        assert missing.exit_code == 127
-
-    async def test_exec_that_overruns_its_timeout_is_killed(self, provider: Provider, node: str) -> None:
-        self.need_real_processes()
-        script = "import time; print('sleeping', flush=True); time.sleep(60)"
-        with pytest.raises(ProvisionError, match="did not finish within 0.5s"):
-            await provider.exec(node, [self.python, "-c", script], timeout=0.5)
-        assert await self.leftovers_of_exec(provider) == []
 
     async def test_copy_file_refuses_to_leave_the_node_folder(self, provider: Provider, node: str,
                                                               tmp_path: Path) -> None:
         (tmp_path / "f").write_text("x")
         with pytest.raises(ProvisionError):
             await provider.copy_file(node, tmp_path / "f", "../escape")
-
-    async def test_push_config_reaches_the_resolver(self, provider: Provider, node: str,
-                                                    node_address: str) -> None:
-        self.need_real_processes()
-        table = {"services": [{"name": "details", "namespace": "shop",
-                               "ports": [{"name": "http", "port": 9080, "targetPort": 19080, "protocol": "http"}],
-                               "endpoints": [{"workload": "details-v1", "node": node, "address": "127.0.0.9",
-                                              "labels": {"app": "details"}}]}]}
-        await provider.push_config(node, "resolver", table)
-        query = ("import json, urllib.request; print(urllib.request.urlopen("
-                 f"'http://{node_address}:15053/resolve?service=details.shop&port=9080', timeout=5).read().decode())")
-        result = await provider.exec(node, [self.python, "-c", query], timeout=20)
-        assert result.exit_code == 0, result.stderr
-        assert json.loads(result.stdout) == {"address": "127.0.0.9", "port": 19080, "via": "direct",
-                                             "workload": "details-v1"}
 
     async def test_resource_usage_reports_running_processes(self, provider: Provider, node: str) -> None:
         await provider.start_process(node, self.workload("w1"))
@@ -345,3 +256,86 @@ def _stamp(line: str) -> float:
     assert match, line
     h, m, s = match.groups()
     return int(h) * 3600 + int(m) * 60 + float(s)
+
+
+class RealProcessConformance(ProviderConformance):
+    """The part of the suite that needs processes that really run (every provider but the fake)."""
+
+    async def test_crash_loop_backs_off(self, provider: Provider, node: str) -> None:
+        await provider.start_process(node, self.workload("w1", exit_code=7))
+
+        async def crashed_thrice() -> ProcessStatus | None:
+            st = await status_of(provider, node, "w1")
+            return st if st.restarts >= 3 else None
+
+        st = await eventually(crashed_thrice, "w1 restarted 3 times")
+        assert st.exit_code == 7
+        assert st.state in ("starting", "running", "backoff")
+        # Each pause before a restart is at least the backoff delay: 0.2 s, doubling.
+        log = await provider.logs(node, "w1", tail=1000)
+        stamps = [(kind, _stamp(line)) for line in log.splitlines()
+                  for kind in ("started", "exited") if re.match(rf"\[meshlab [^]]+\] {kind}", line)]
+        pauses = [b[1] - a[1] for a, b in zip(stamps, stamps[1:]) if (a[0], b[0]) == ("exited", "started")]
+        assert len(pauses) >= 3, log
+        for i, pause in enumerate(pauses[:3]):
+            assert pause >= 0.2 * 2 ** i * 0.9, (pauses, log)
+
+    async def test_ready_tcp_gates_readiness(self, provider: Provider, node: str,
+                                             workload_address: str) -> None:
+        spec = self.workload("w1", listen=f"{workload_address}:18080", gate="open-w1",
+                             ready_tcp=(workload_address, 18080))
+        await provider.start_process(node, spec)
+        st = await self.running(provider, node, "w1", ready=False)
+        await asyncio.sleep(0.3)  # a few probe rounds: nothing listens yet
+        assert not (await status_of(provider, node, "w1")).ready
+        with tempfile.TemporaryDirectory() as tmp:
+            (Path(tmp) / "gate").write_text("")
+            await provider.copy_file(node, Path(tmp) / "gate", "open-w1")
+        ready = await self.running(provider, node, "w1", ready=True)
+        assert ready.pid == st.pid
+
+    async def test_logs_hold_the_output_across_restarts(self, provider: Provider, node: str) -> None:
+        await provider.start_process(node, self.workload("w1"))
+        await self.running(provider, node, "w1")
+        await self.crash(provider, node, "w1", 3)
+
+        async def two_hellos() -> str | None:
+            text = await provider.logs(node, "w1")
+            return text if text.count("hello from w1 on node-1") == 2 else None
+
+        text = await eventually(two_hellos, "two hellos in the log")
+        assert "exited with code 3" in text
+        assert len((await provider.logs(node, "w1", tail=2)).splitlines()) == 2
+
+    # -- commands, files, config ------------------------------------------------------------
+
+    async def test_exec_runs_a_command_on_the_node(self, provider: Provider, node: str) -> None:
+        script = ("import os, sys; print(os.environ['MESHLAB_NODE'], os.environ['GREETING']); "
+                  "print(open('hello.txt').read(), file=sys.stderr); sys.exit(4)")
+        with tempfile.TemporaryDirectory() as tmp:
+            (Path(tmp) / "hello.txt").write_text("copied")
+            await provider.copy_file(node, Path(tmp) / "hello.txt", "hello.txt")
+        result = await provider.exec(node, [self.python, "-c", script], env={"GREETING": "hi"})
+        assert (result.exit_code, result.stdout, result.stderr) == (4, "node-1 hi\n", "copied\n")
+        missing = await provider.exec(node, ["no-such-command-meshlab"])
+        assert missing.exit_code == 127
+
+    async def test_exec_that_overruns_its_timeout_is_killed(self, provider: Provider, node: str) -> None:
+        script = "import time; print('sleeping', flush=True); time.sleep(60)"
+        with pytest.raises(ProvisionError, match="did not finish within 0.5s"):
+            await provider.exec(node, [self.python, "-c", script], timeout=0.5)
+        assert await self.leftovers_of_exec(provider) == []
+
+    async def test_push_config_reaches_the_resolver(self, provider: Provider, node: str,
+                                                    node_address: str) -> None:
+        table = {"services": [{"name": "details", "namespace": "shop",
+                               "ports": [{"name": "http", "port": 9080, "targetPort": 19080, "protocol": "http"}],
+                               "endpoints": [{"workload": "details-v1", "node": node, "address": "127.0.0.9",
+                                              "labels": {"app": "details"}}]}]}
+        await provider.push_config(node, "resolver", table)
+        query = ("import json, urllib.request; print(urllib.request.urlopen("
+                 f"'http://{node_address}:15053/resolve?service=details.shop&port=9080', timeout=5).read().decode())")
+        result = await provider.exec(node, [self.python, "-c", query], timeout=20)
+        assert result.exit_code == 0, result.stderr
+        assert json.loads(result.stdout) == {"address": "127.0.0.9", "port": 19080, "via": "direct",
+                                             "workload": "details-v1"}

@@ -15,7 +15,6 @@ from tests.providers.conformance import ProviderConformance
 
 
 class TestFakeConformance(ProviderConformance):
-    real_processes = False
 
     @pytest.fixture
     async def provider(self, lab_name: str, tmp_path: Path) -> AsyncIterator[FakeProvider]:

@@ -19,7 +19,7 @@ from lab.errors import ProviderNotSupported, ProvisionError
 from lab.providers import proctags
 from lab.providers.base import NodeSpec, ProcessSpec, Provider
 from lab.providers.local import LocalProvider
-from tests.providers.conformance import WORKLOAD_SCRIPT, ProviderConformance, eventually, status_of
+from tests.providers.conformance import WORKLOAD_SCRIPT, RealProcessConformance, eventually, status_of
 
 TABLE = {"services": [{"name": "details", "namespace": "shop",
                        "ports": [{"name": "http", "port": 9080, "targetPort": 19080, "protocol": "http"}],
@@ -50,7 +50,7 @@ async def provider(lab_name: str, tmp_path: Path) -> AsyncIterator[LocalProvider
         await _teardown(lab_name, tmp_path / "lab")
 
 
-class TestLocalConformance(ProviderConformance):
+class TestLocalConformance(RealProcessConformance):
     async def leftovers(self, provider: Provider) -> list[str]:
         return [p.describe() for p in proctags.find_tagged(provider.lab)]
 
