@@ -366,14 +366,15 @@ class LoadResult:
             "errors": dict(self.errors.most_common()),
             "bytes_received": self.bytes_received,
             "body_matches": dict(sorted(self.body_matches.items())),
+            "body_pattern": self.body_pattern,
         }
 
     def to_text(self) -> str:
         """A fortio-like report."""
-        return format_report(self.to_json(), self.body_pattern)
+        return format_report(self.to_json())
 
 
-def format_report(doc: dict, body_pattern: str | None = None) -> str:
+def format_report(doc: dict) -> str:
     """A fortio-like report from the JSON form of a result (so the lab can render a remote run)."""
     lat = doc["latency_ms"]
     count = doc["count"]
@@ -393,6 +394,7 @@ def format_report(doc: dict, body_pattern: str | None = None) -> str:
     for reason, n in doc["errors"].items():
         lines.append(f"Error {reason} : {n}")
     matches = doc.get("body_matches") or {}
+    body_pattern = doc.get("body_pattern")
     if body_pattern is not None or matches:
         lines.append(f"Body matches{f' for /{body_pattern}/' if body_pattern else ''}:" + ("" if matches else " none"))
         for text, n in matches.items():
