@@ -53,3 +53,26 @@ def block_in_use(block: str, port: int) -> bool:
         except OSError:
             return True
     return False
+
+
+CAPTURE_OFFSET = 129  # node i's capture range is 127.<b>.<129+i>.0/24
+FIRST_INBOUND_CAPTURE = 100
+
+
+def service_vip(block: str, node_index: int, service_index: int) -> str:
+    """The VIP of the `service_index`-th service on node `node_index` (explicit capture, local provider)."""
+    if service_index >= FIRST_INBOUND_CAPTURE - 1:
+        raise LabError(f"too many services in one lab (at most {FIRST_INBOUND_CAPTURE - 1} on the local provider)")
+    return _capture(block, node_index, 1 + service_index)
+
+
+def inbound_capture(block: str, node_index: int, slot: int) -> str:
+    """Where plaintext callers reach the `slot`-th workload of a node through its ztunnel."""
+    return _capture(block, node_index, FIRST_INBOUND_CAPTURE + slot)
+
+
+def _capture(block: str, node_index: int, host: int) -> str:
+    if node_index + CAPTURE_OFFSET > 255:
+        raise LabError(f"too many nodes for explicit capture (at most {256 - CAPTURE_OFFSET} on the local provider)")
+    net = ipaddress.ip_network(block)
+    return str(net.network_address + (node_index + CAPTURE_OFFSET) * 256 + host)

@@ -17,12 +17,17 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any, Callable
 
+from lab import mesh
 from lab.addressing import allocate_block, block_in_use
+from lab.ca import DEFAULT_TTL, LabCA
+from lab.client import LabClient
+from lab.controlplane.daemon import AGENT_CHANNEL_PORT, channel_address, node_tokens
+from lab.controlplane.launch import ensure_control_plane
 from lab.errors import LabError, ProvisionError
-from lab.plan import RESOLVER_PORT, LabPlan, plan_lab
+from lab.plan import RESOLVER_PORT, LabPlan, plan_lab, ztunnel_process
 from lab.providers import provider_class, provider_names
 from lab.providers.base import Provider, ProcessStatus
-from lab.state import LabState, lab_dir, labs_dir, list_labs
+from lab.state import LabState, atomic_write, lab_dir, labs_dir, list_labs
 from lab.topology.model import Topology
 from lab.zipapp import build_agent_zipapp
 
@@ -83,19 +88,31 @@ def _state_document(plan: LabPlan, source: str, status: str, previous: dict[str,
         "nodes": {n.name: {"provider": plan.node_provider(n.name), "address": n.address, "index": n.index}
                   for n in plan.nodes},
         "namespaces": {ns.name: {"mode": ns.mode, "waypoint": ns.waypoint} for ns in topo.namespaces},
-        "services": {f"{s.name}.{s.namespace}": {"name": s.name, "namespace": s.namespace,
-                                                  "ports": [sp.port for sp in s.ports]} for s in topo.services},
+        "services": {f"{s.name}.{s.namespace}": {
+            "name": s.name, "namespace": s.namespace, "hostname": s.hostname(),
+            "ports": [{"name": sp.name, "port": sp.port, "targetPort": sp.workload_port, "protocol": sp.protocol}
+                      for sp in s.ports],
+            "vips": plan.vips[f"{s.name}.{s.namespace}"]} for s in topo.services},
         "workloads": {p.workload.name: {"node": p.node, "address": p.address, "port": p.port,
                                         "namespace": p.workload.namespace, "service": p.workload.service,
                                         "app": p.workload.app, "version": p.workload.version,
                                         "serviceAccount": p.workload.service_account,
-                                        "identity": p.workload.identity(topo.trust_domain)}
+                                        "identity": p.workload.identity(topo.trust_domain),
+                                        "labels": dict(p.workload.labels),
+                                        "ports": _workload_ports(topo, p.workload),
+                                        "inboundCapture": p.inbound_capture}
                       for p in plan.placements},
     }
 
 
+def _workload_ports(topo: Topology, w: Any) -> list[int]:
+    if w.service is None:
+        return []
+    return [sp.workload_port for sp in topo.service(w.service, w.namespace).ports]
+
+
 async def up(topology: Topology, *, provider: str | None = None, progress: Progress = _noop,
-             timeout: float = READY_TIMEOUT) -> dict[str, Any]:
+             timeout: float = READY_TIMEOUT, cert_ttl: float | None = None) -> dict[str, Any]:
     """Bring the lab of `topology` up (or reconcile it) and wait until every workload is ready."""
     started = time.monotonic()
     if provider:
@@ -112,18 +129,29 @@ async def up(topology: Topology, *, provider: str | None = None, progress: Progr
         return topology.node(node).provider or topology.provider
 
     plan = plan_lab(topology, block, lab.name, lambda n: lab.provider(node_kind(n)).agent_command(n))
-    lab.state.save(_state_document(plan, topology.source, "provisioning", previous))
+    ttl = int(cert_ttl or (previous or {}).get("certTtlSeconds") or DEFAULT_TTL.total_seconds())
+
+    def document(status: str) -> dict[str, Any]:
+        doc = _state_document(plan, topology.source, status, previous)
+        doc["certTtlSeconds"] = ttl
+        return doc
+
+    doc = document("provisioning")
+    lab.state.save(doc)
     if Path(topology.source).is_file():
         shutil.copyfile(topology.source, lab.dir / "topology.yaml")
     try:
         await _remove_stale_nodes(lab, plan, previous, progress)
-        await asyncio.gather(*(_bring_up_node(lab, plan, spec.name, pyz, progress) for spec in plan.nodes))
+        client = await _start_control_plane(lab, doc, progress)
+        tokens = node_tokens(lab.dir, [n.name for n in plan.nodes])
+        await asyncio.gather(*(_bring_up_node(lab, plan, doc, client, spec.name, pyz, tokens[spec.name], progress,
+                                              timeout) for spec in plan.nodes))
         await _wait_ready(lab, plan, progress, timeout)
     except BaseException:
-        lab.state.save(_state_document(plan, topology.source, "degraded", previous))
+        lab.state.save(document("degraded"))
         await lab.close()
         raise
-    doc = _state_document(plan, topology.source, "running", previous)
+    doc = document("running")
     doc["upSeconds"] = round(time.monotonic() - started, 3)
     lab.state.save(doc)
     await lab.close()
@@ -141,19 +169,52 @@ async def _remove_stale_nodes(lab: Lab, plan: LabPlan, previous: dict[str, Any] 
             progress("node", f"{name} removed (no longer in the topology)")
 
 
-async def _bring_up_node(lab: Lab, plan: LabPlan, node: str, pyz: Path, progress: Progress) -> None:
-    """Create (or adopt) one node, hand it the resolver table and reconcile its processes."""
+async def _start_control_plane(lab: Lab, doc: dict[str, Any], progress: Progress) -> LabClient:
+    """Make sure the lab's CA exists and its control plane runs and knows the current state."""
+    await asyncio.to_thread(LabCA.load_or_create, lab.dir / "ca", doc["trustDomain"])
+    client, started = await ensure_control_plane(lab.name, lab.dir)
+    if started:
+        progress("control", f"control plane started (agent channel {channel_address(doc)}:{AGENT_CHANNEL_PORT})")
+    else:
+        version = (await asyncio.to_thread(client.reload))["version"]
+        progress("control", f"control plane running; config version {version} pushed")
+    return client
+
+
+async def _bring_up_node(lab: Lab, plan: LabPlan, doc: dict[str, Any], client: LabClient, node: str, pyz: Path,
+                         token: str, progress: Progress, timeout: float) -> None:
+    """Create (or adopt) one node, start its ztunnel, hand it the resolver table and reconcile its workloads."""
     provider = lab.provider(plan.node_provider(node))
     spec = next(n for n in plan.nodes if n.name == node)
     info = await provider.create_node(spec, pyz)
     progress("node", f"{node} ready at {info.address} ({provider.name})")
-    await provider.push_config(node, "resolver", plan.resolver_table)
+    await _install_bootstrap(lab, provider, node, token)
+    agent = provider.agent_command(node)
+    ztunnel = ztunnel_process(spec, f"{channel_address(doc)}:{AGENT_CHANNEL_PORT}", agent)
+    await provider.start_process(node, ztunnel)
+    # The ztunnel ACKs a config only once it serves it (listeners bound, certificates in hand).
+    answer = await asyncio.to_thread(client.wait_synced, timeout, [f"ztunnel/{node}"])
+    if not answer["synced"]:
+        tail = await provider.logs(node, "ztunnel", tail=5)
+        raise ProvisionError(f"ztunnel of {node} did not sync with the control plane within {timeout:.0f}s:\n"
+                             + "\n".join(f"    | {line}" for line in tail.splitlines()[-5:]))
+    progress("ztunnel", f"{node}: ztunnel ready (HBONE {spec.address}:15008)")
+    await provider.push_config(node, "resolver", mesh.resolver_table(doc, node))
     wanted = {p.name: p for p in plan.processes[node]}
     for running in await provider.list_processes(node):
         if running.name not in wanted and running.labels.get("role") == "workload":
             await provider.stop_process(node, running.name)
             progress("workload", f"{running.name} stopped (no longer in the topology)")
     await asyncio.gather(*(provider.start_process(node, p) for p in wanted.values()))
+
+
+async def _install_bootstrap(lab: Lab, provider: Provider, node: str, token: str) -> None:
+    """Copy what a node's agents need to join the mesh: the lab root and the node's bootstrap token."""
+    folder = lab.dir / "bootstrap" / node
+    folder.mkdir(parents=True, exist_ok=True)
+    atomic_write(folder / "token", token, mode=0o600)
+    await provider.copy_file(node, lab.dir / "ca" / "root-cert.pem", "bootstrap/root-cert.pem")
+    await provider.copy_file(node, folder / "token", "bootstrap/token")
 
 
 async def _wait_ready(lab: Lab, plan: LabPlan, progress: Progress, timeout: float) -> None:

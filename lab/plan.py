@@ -10,11 +10,12 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
-from lab.addressing import node_address, workload_address
+from lab.addressing import inbound_capture, node_address, service_vip, workload_address
 from lab.providers.base import NodeSpec, ProcessSpec
 from lab.topology.model import Topology, Workload
 
 RESOLVER_PORT = 15053
+READY_PORT = 15021
 
 
 @dataclass(frozen=True)
@@ -23,6 +24,7 @@ class WorkloadPlacement:
     node: str
     address: str
     port: int  # the workload port of its service's first port; 0 for a client
+    inbound_capture: str = ""  # where plaintext callers reach it through its node's ztunnel
 
 
 @dataclass
@@ -33,6 +35,7 @@ class LabPlan:
     placements: list[WorkloadPlacement]
     processes: dict[str, list[ProcessSpec]] = field(default_factory=dict)  # node -> specs
     resolver_table: dict[str, Any] = field(default_factory=dict)
+    vips: dict[str, dict[str, str]] = field(default_factory=dict)  # "name.ns" -> node -> VIP
 
     def node_provider(self, node: str) -> str:
         return self.topology.node(node).provider or self.topology.provider
@@ -56,7 +59,8 @@ def place_workloads(topology: Topology, block: str) -> list[WorkloadPlacement]:
         slot = slots.get(w.node, 0)
         slots[w.node] = slot + 1
         placements.append(WorkloadPlacement(w, w.node, workload_address(block, index[w.node], slot),
-                                            _workload_port(topology, w)))
+                                            _workload_port(topology, w),
+                                            inbound_capture(block, index[w.node], slot)))
     return placements
 
 
@@ -119,6 +123,18 @@ def workload_process(topology: Topology, p: WorkloadPlacement, node_addr: str,
     )
 
 
+def ztunnel_process(node: NodeSpec, control_plane: str, agent: tuple[str, ...]) -> ProcessSpec:
+    """The node's ztunnel: bootstrap files are relative to the node's folder, where processes run."""
+    return ProcessSpec(
+        name="ztunnel",
+        argv=(*agent, "ztunnel", "--node", node.name, "--address", node.address, "--cp", control_plane,
+              "--token-file", "bootstrap/token", "--root-file", "bootstrap/root-cert.pem"),
+        restart="always",
+        ready_tcp=(node.address, READY_PORT),
+        labels={"role": "ztunnel"},
+    )
+
+
 def plan_lab(topology: Topology, block: str, lab: str,
              agent_command: Callable[[str], tuple[str, ...]]) -> LabPlan:
     """The whole plan of a lab; `agent_command(node)` says how the agent zipapp runs there."""
@@ -131,4 +147,6 @@ def plan_lab(topology: Topology, block: str, lab: str,
         nodes.append(NodeSpec(lab=lab, name=n.name, index=i, address=addr,
                               workload_addresses=tuple(p.address for p in mine), settings=dict(n.settings)))
         processes[n.name] = [workload_process(topology, p, addr, agent_command(n.name)) for p in mine]
-    return LabPlan(topology, block, nodes, placements, processes, resolver_table(topology, placements))
+    vips = {f"{s.name}.{s.namespace}": {n.name: service_vip(block, i, k) for i, n in enumerate(topology.nodes)}
+            for k, s in enumerate(topology.services)}
+    return LabPlan(topology, block, nodes, placements, processes, resolver_table(topology, placements), vips)

@@ -8,6 +8,12 @@ the only service of that name), `name.namespace`, or the FQDN
 ready endpoint, round robin per (service, port), with the workload port
 (`targetPort`). Errors carry the HTTP status the resolver's server answers with
 (404 unknown name or port, 503 no ready endpoint, 400 a malformed question).
+
+The mesh changes only the answer: a caller in an `ambient` namespace gets the
+service's VIP on its own node, where the node's ztunnel listens (`via:
+ztunnel`); a caller outside the mesh asking for an ambient workload gets that
+workload's inbound capture address on its node's ztunnel (`via:
+ztunnel-inbound`). Everything else is `direct`.
 """
 
 from __future__ import annotations
@@ -52,6 +58,7 @@ class _Service:
     namespace: str
     ports: dict[int, int]  # service port -> workload port
     endpoints: tuple[dict[str, Any], ...]
+    vip: str | None = None  # this node's VIP of the service: its ztunnel listens there
 
 
 class Resolver:
@@ -66,9 +73,12 @@ class Resolver:
             endpoints = tuple(entry.get("endpoints") or ())
             if not all(isinstance(e, dict) and e.get("address") for e in endpoints):
                 raise ValueError(f"service {entry['name']}: every endpoint needs an address")
-            service = _Service(str(entry["name"]), str(entry.get("namespace") or "default"), ports, endpoints)
+            service = _Service(str(entry["name"]), str(entry.get("namespace") or "default"), ports, endpoints,
+                               entry.get("vip"))
             self._services[(service.namespace, service.name)] = service
         self._turns: dict[tuple[ServiceKey, int], itertools.count[int]] = {}
+        # namespace -> data-plane mode; a namespace not listed is outside the mesh
+        self._modes = {str(ns): str(v.get("mode", "none")) for ns, v in (self.table.get("namespaces") or {}).items()}
 
     def resolve(self, service: str, port: int | None, namespace: str | None = None) -> Answer:
         """The endpoint for a new connection to `service`:`port`, asked from `namespace`."""
@@ -80,12 +90,19 @@ class Resolver:
             port = next(iter(found.ports))
         if port not in found.ports:
             raise UnknownService(f"unknown port {port} of service '{service}' (ports: {_port_list(found)})")
+        if self._modes.get(namespace or "", "none") == "ambient" and found.vip:
+            # Ambient callers go through their node's ztunnel, which picks the endpoint (explicit capture).
+            return Answer(found.vip, port, "ztunnel", "")
         ready = [e for e in found.endpoints if e.get("ready", True)]
         if not ready:
             raise NoReadyEndpoint(f"no ready endpoint for {service}:{port}")
         key = ((found.namespace, found.name), port)
         turn = next(self._turns.setdefault(key, itertools.count()))
         endpoint = ready[turn % len(ready)]
+        if endpoint.get("mode") == "ambient" and endpoint.get("inboundCapture"):
+            # A caller outside the mesh reaches an ambient workload through that node's ztunnel (plaintext inbound).
+            return Answer(str(endpoint["inboundCapture"]), found.ports[port], "ztunnel-inbound",
+                          str(endpoint.get("workload", "")))
         return Answer(str(endpoint["address"]), found.ports[port], "direct", str(endpoint.get("workload", "")))
 
     def _lookup(self, service: str, namespace: str | None) -> _Service:

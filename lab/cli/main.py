@@ -16,10 +16,23 @@ from typing import Any
 
 from lab import orchestrator
 from lab.cli import render
+from lab.cli.meshverbs import add_verbs
 from lab.errors import LabError, LabNotFound, TopologyError
 from lab.state import list_labs
 
 TOPOLOGIES_DIR = Path(__file__).resolve().parent.parent.parent / "topologies"
+
+
+def parse_seconds(text: str) -> float:
+    """`30s`, `10m`, `2h`, `500ms` or plain seconds."""
+    units = {"ms": 0.001, "s": 1, "m": 60, "h": 3600}
+    for unit in ("ms", "s", "m", "h"):
+        if text.endswith(unit) and text[: -len(unit)].replace(".", "", 1).isdigit():
+            return float(text[: -len(unit)]) * units[unit]
+    try:
+        return float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a duration: {text!r} (try 30s, 10m or 24h)") from None
 
 
 def find_topology(arg: str) -> Path:
@@ -80,7 +93,8 @@ def cmd_up(args: argparse.Namespace) -> int:
 
     topo = load_topology(find_topology(args.topology))
     progress = render.Progress(enabled=not args.json)
-    doc = asyncio.run(orchestrator.up(topo, provider=args.provider, progress=progress, timeout=args.timeout))
+    doc = asyncio.run(orchestrator.up(topo, provider=args.provider, progress=progress, timeout=args.timeout,
+                                      cert_ttl=args.cert_ttl))
     emit(args, doc, render.up_summary(doc))
     return 0
 
@@ -153,6 +167,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--provider", choices=["local", "docker", "ssh"], help="override the topology's provider")
     p.add_argument("--timeout", type=float, default=orchestrator.READY_TIMEOUT,
                    help="seconds to wait for every workload to be ready (default %(default)s)")
+    p.add_argument("--cert-ttl", type=parse_seconds, metavar="DURATION",
+                   help="workload certificate lifetime, e.g. 30s, 10m, 24h (default 24h; short shows rotation)")
 
     for name, func, help in (("down", cmd_down, "remove everything a lab started"),
                              ("status", cmd_status, "show a lab's nodes, workloads, addresses and processes")):
@@ -181,6 +197,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--lab")
     p.add_argument("--tail", type=int, default=50)
     p.add_argument("-f", "--follow", action="store_true")
+
+    add_verbs(verb, pick_lab)
 
     p = verb("tui", cmd_tui, "open the terminal UI on a running lab", json_flag=False)
     p.add_argument("--lab")

@@ -95,12 +95,17 @@ class AgentChannelServer:
                  "connectedAt": a.connected_at, "lastSeen": a.last_seen, "address": a.address}
                 for a in sorted(self.agents.values(), key=lambda r: (r.node, r.agent))]
 
-    async def wait_synced(self, timeout: float) -> bool:
-        """Wait until every connected agent has ACKed the latest version."""
+    def synced(self, expect: list[str] = ()) -> bool:  # type: ignore[assignment]
+        """Every connected agent, and every agent in `expect` ("ztunnel/node-1"), has ACKed the latest version."""
+        if any(key not in self.agents or not self.agents[key].connected for key in expect):
+            return False
+        return all(a.acked == self.version for a in self.agents.values() if a.connected)
+
+    async def wait_synced(self, timeout: float, expect: list[str] = ()) -> bool:  # type: ignore[assignment]
+        """Wait until `synced(expect)`."""
         async def synced() -> None:
             async with self.acked:
-                await self.acked.wait_for(lambda: all(a.acked == self.version
-                                                      for a in self.agents.values() if a.connected))
+                await self.acked.wait_for(lambda: self.synced(expect))
         try:
             await asyncio.wait_for(synced(), timeout)
             return True
@@ -124,6 +129,8 @@ class AgentChannelServer:
                 return
             record.address = f"{peer[0]}:{peer[1]}" if peer else None
             self._send_config(record)
+            async with self.acked:
+                self.acked.notify_all()
             while line := await reader.readline():
                 record.last_seen = time.time()
                 await self._dispatch(record, json.loads(line), writer)

@@ -1,0 +1,155 @@
+"""CLI verbs that talk to a running lab's control plane: apply, get, delete, proxy-status, certs."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from lab.cli.render import table
+from lab.client import LabClient
+from lab.errors import LabError
+
+
+def _read_files(paths: list[str]) -> list[tuple[str, str]]:
+    docs = []
+    for p in paths:
+        if p == "-":
+            docs.append(("<stdin>", sys.stdin.read()))
+            continue
+        try:
+            docs.append((p, Path(p).read_text()))
+        except (OSError, UnicodeDecodeError) as e:
+            raise LabError(f"cannot read {p}: {e}") from None
+    return docs
+
+
+def cmd_apply(args: argparse.Namespace, lab: str) -> int:
+    answer = LabClient(lab).apply(_read_files(args.filename))
+    if args.json:
+        print(json.dumps(answer, indent=2))
+    else:
+        for kind, ref, outcome in answer["results"]:
+            print(f"{kind.lower()}/{ref} {outcome}")
+        print(f"config version {answer['version']}")
+    return 0
+
+
+def cmd_get(args: argparse.Namespace, lab: str) -> int:
+    answer = LabClient(lab).get_config(args.kind, args.name, args.namespace)
+    items = answer["items"]
+    if args.output == "json" or args.json:
+        print(json.dumps(items, indent=2))
+    elif args.output == "yaml":
+        import yaml
+
+        print(yaml.safe_dump_all(items, sort_keys=False), end="")
+    elif not items:
+        print("no resources found", file=sys.stderr)
+    else:
+        print(table(["KIND", "NAMESPACE", "NAME", "API VERSION"],
+                    [[i["kind"], i["metadata"].get("namespace", "default"), i["metadata"]["name"], i["apiVersion"]]
+                     for i in items]))
+    return 0
+
+
+def cmd_delete(args: argparse.Namespace, lab: str) -> int:
+    client = LabClient(lab)
+    if args.filename:
+        docs = _read_files(args.filename)
+        answer = client.delete_config(documents=[{"source": s, "text": t} for s, t in docs],
+                                      missingOk=args.ignore_not_found)
+    elif args.kind and args.name:
+        answer = client.delete_config(kind=args.kind, name=args.name, namespace=args.namespace,
+                                      missingOk=args.ignore_not_found)
+    else:
+        raise LabError("delete needs -f FILE, or KIND and NAME")
+    if args.json:
+        print(json.dumps(answer, indent=2))
+    else:
+        for kind, ref, outcome in answer["results"]:
+            print(f"{kind.lower()}/{ref} {outcome}")
+    return 0
+
+
+def cmd_proxy_status(args: argparse.Namespace, lab: str) -> int:
+    answer = LabClient(lab).proxy_status()
+    if args.json:
+        print(json.dumps(answer, indent=2))
+        return 0
+    rows = [[a["agent"], a["node"], a["status"], a["acked"], answer["latest"], a["address"] or "",
+             a["nackError"] or ""] for a in answer["agents"]]
+    print(table(["AGENT", "NODE", "STATUS", "ACKED", "LATEST", "FROM", "NACK"], rows))
+    return 0
+
+
+def _until(iso: str) -> str:
+    left = datetime.fromisoformat(iso) - datetime.now(timezone.utc)
+    s = int(left.total_seconds())
+    return "expired" if s < 0 else f"{s // 3600}h{s % 3600 // 60:02d}m" if s >= 3600 else f"{s // 60}m{s % 60:02d}s"
+
+
+def cmd_certs(args: argparse.Namespace, lab: str) -> int:
+    client = LabClient(lab)
+    if args.action == "issue":
+        if not args.identity or not args.out:
+            raise LabError("usage: meshlab certs issue IDENTITY --out DIR")
+        answer = client.issue_cert(args.identity, args.ttl)
+        out = Path(args.out)
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "key.pem").write_text(answer["key"])
+        (out / "key.pem").chmod(0o600)
+        (out / "cert.pem").write_text(answer["leaf"])
+        (out / "root-cert.pem").write_text(answer["root"])
+        if args.json:
+            print(json.dumps({k: v for k, v in answer.items() if k != "key"}, indent=2))
+        else:
+            print(f"wrote {out}/key.pem, {out}/cert.pem and {out}/root-cert.pem for {args.identity} "
+                  f"(serial {answer['serial']}, expires {answer['notAfter']})")
+        return 0
+    answer = client.certs()
+    if args.json:
+        print(json.dumps(answer["certificates"], indent=2))
+        return 0
+    rows = [[c["identity"], c["serial"][:16], c["notAfter"][:19], _until(c["notAfter"]), c["holder"],
+             "CA" if c.get("ca_made_key") else "agent"] for c in answer["certificates"]]
+    print(table(["IDENTITY", "SERIAL", "EXPIRES (UTC)", "LEFT", "HELD BY", "KEY MADE BY"], rows))
+    return 0
+
+
+def add_verbs(verb: Any, pick_lab: Any) -> None:
+    """Register the verbs on the CLI's parser (`verb(name, func, help)` makes a subparser)."""
+    def with_lab(func: Any) -> Any:
+        return lambda args: func(args, pick_lab(args.lab))
+
+    p = verb("apply", with_lab(cmd_apply), "apply Istio YAML (all documents of all files, or none)")
+    p.add_argument("-f", "--filename", action="append", required=True, help="a YAML file, or - for stdin")
+    p.add_argument("--lab")
+
+    p = verb("get", with_lab(cmd_get), "list mesh config (kinds: peerauthentication, authorizationpolicy, ...)")
+    p.add_argument("kind", nargs="?")
+    p.add_argument("name", nargs="?")
+    p.add_argument("-n", "--namespace")
+    p.add_argument("-o", "--output", choices=["table", "yaml", "json"], default="table")
+    p.add_argument("--lab")
+
+    p = verb("delete", with_lab(cmd_delete), "delete mesh config by file or by kind and name")
+    p.add_argument("kind", nargs="?")
+    p.add_argument("name", nargs="?")
+    p.add_argument("-f", "--filename", action="append")
+    p.add_argument("-n", "--namespace")
+    p.add_argument("--ignore-not-found", action="store_true")
+    p.add_argument("--lab")
+
+    p = verb("proxy-status", with_lab(cmd_proxy_status), "show which config version each agent ACKed")
+    p.add_argument("--lab")
+
+    p = verb("certs", with_lab(cmd_certs), "list certificates in use, or issue one: certs issue IDENTITY --out DIR")
+    p.add_argument("action", nargs="?", choices=["list", "issue"], default="list")
+    p.add_argument("identity", nargs="?", help="spiffe://<trust domain>/ns/<ns>/sa/<sa>")
+    p.add_argument("--out", help="folder for key.pem, cert.pem and root-cert.pem")
+    p.add_argument("--ttl", type=float, help="seconds (default: the lab's certificate TTL)")
+    p.add_argument("--lab")

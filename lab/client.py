@@ -1,0 +1,90 @@
+"""The lab API client: how the CLI and the TUI talk to a running lab's control plane."""
+
+from __future__ import annotations
+
+import http.client
+import json
+import urllib.parse
+from typing import Any
+
+from lab.errors import LabError, LabNotFound
+from lab.state import lab_dir
+
+
+class LabApiError(LabError):
+    """The lab API answered with an error; `problems` lists config errors with file and line."""
+
+    def __init__(self, status: int, message: str, problems: list[str] | None = None) -> None:
+        self.status = status
+        self.problems = problems or []
+        super().__init__("\n  ".join([message, *self.problems]))
+        self.exit_code = 2 if status == 400 else 3 if status == 404 else 1
+
+
+class LabClient:
+    """A connection-per-call JSON client of one lab's API."""
+
+    def __init__(self, lab: str, timeout: float = 60.0) -> None:
+        self.lab = lab
+        self.timeout = timeout
+        folder = lab_dir(lab)
+        if not (folder / "state.json").exists():
+            raise LabNotFound(f"no lab named '{lab}' (looked in {folder})")
+        try:
+            info = json.loads((folder / "controlplane.json").read_text())
+            self.token = (folder / "api-token").read_text().strip()
+        except (OSError, ValueError):
+            raise LabError(f"the control plane of lab '{lab}' is not running (run `meshlab up` again to start it)") \
+                from None
+        url = urllib.parse.urlsplit(info["api"])
+        self.host, self.port = url.hostname or "127.0.0.1", url.port or 80
+
+    def call(self, method: str, path: str, body: Any = None, query: dict[str, str] | None = None) -> Any:
+        target = path + ("?" + urllib.parse.urlencode({k: v for k, v in (query or {}).items() if v}) if query else "")
+        payload = json.dumps(body).encode() if body is not None else b""
+        conn = http.client.HTTPConnection(self.host, self.port, timeout=self.timeout)
+        try:
+            conn.request(method, target, body=payload, headers={
+                "Authorization": f"Bearer {self.token}", "Content-Type": "application/json"})
+            resp = conn.getresponse()
+            data = json.loads(resp.read() or b"null")
+        except (OSError, ValueError, http.client.HTTPException) as e:
+            raise LabError(f"the control plane of lab '{self.lab}' does not answer ({e}); "
+                           f"run `meshlab up` again to restart it") from None
+        finally:
+            conn.close()
+        if resp.status >= 400:
+            raise LabApiError(resp.status, str((data or {}).get("error", resp.reason)), (data or {}).get("problems"))
+        return data
+
+    # -- the verbs ------------------------------------------------------------
+    def status(self) -> dict[str, Any]:
+        return self.call("GET", "/v1/status")
+
+    def proxy_status(self) -> dict[str, Any]:
+        return self.call("GET", "/v1/proxy-status")
+
+    def wait_synced(self, timeout: float = 10.0, expect: list[str] | None = None) -> dict[str, Any]:
+        """Wait until every agent (and every one in `expect`, e.g. "ztunnel/node-1") ACKed the latest config."""
+        return self.call("POST", "/v1/proxy-status/wait", {"timeout": timeout, "expect": expect or []})
+
+    def reload(self) -> dict[str, Any]:
+        return self.call("POST", "/v1/reload", {})
+
+    def apply(self, documents: list[tuple[str, str]]) -> dict[str, Any]:
+        """Apply (source name, YAML text) documents atomically."""
+        return self.call("POST", "/v1/config", {"documents": [{"source": s, "text": t} for s, t in documents]})
+
+    def get_config(self, kind: str | None = None, name: str | None = None,
+                   namespace: str | None = None) -> dict[str, Any]:
+        return self.call("GET", "/v1/config", query={"kind": kind or "", "name": name or "",
+                                                     "namespace": namespace or ""})
+
+    def delete_config(self, **body: Any) -> dict[str, Any]:
+        return self.call("DELETE", "/v1/config", body)
+
+    def certs(self) -> dict[str, Any]:
+        return self.call("GET", "/v1/certs")
+
+    def issue_cert(self, identity: str, ttl_seconds: float | None = None) -> dict[str, Any]:
+        return self.call("POST", "/v1/certs", {"identity": identity, "ttlSeconds": ttl_seconds})

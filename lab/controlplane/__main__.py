@@ -1,0 +1,5 @@
+import sys
+
+from lab.controlplane.daemon import main
+
+sys.exit(main())

@@ -1,0 +1,105 @@
+"""The lab API: everything the CLI and the TUI do, as HTTP+JSON routes on loopback with a bearer token."""
+
+from __future__ import annotations
+
+import hmac
+from datetime import timedelta
+from typing import TYPE_CHECKING, Any
+
+from lab.controlplane.httpserver import ApiRequest
+from lab.errors import ConfigError, LabError
+from lab.meshconfig import ConfigStore, parse_config, resolve_kind
+
+if TYPE_CHECKING:
+    from lab.controlplane.daemon import ControlPlane
+
+
+def _problems(e: ConfigError) -> dict[str, Any]:
+    return {"error": f"invalid config: {len(e.problems)} error(s)", "problems": [str(p) for p in e.problems]}
+
+
+class LabApi:
+    """Routes of the lab API (see `lab.client.LabClient` for the client side)."""
+
+    def __init__(self, cp: ControlPlane, token: str) -> None:
+        self.cp = cp
+        self.token = token
+
+    async def handle(self, req: ApiRequest) -> tuple[int, Any]:
+        given = req.headers.get("authorization", "").removeprefix("Bearer ").strip()
+        if not hmac.compare_digest(self.token, given):
+            return 401, {"error": "missing or wrong API token (see the lab folder's api-token)"}
+        route = self.ROUTES.get((req.method, req.path))
+        if route is None:
+            known = sorted({p for _, p in self.ROUTES})
+            return 404, {"error": f"no route {req.method} {req.path}", "routes": known}
+        try:
+            return await route(self, req)
+        except ConfigError as e:
+            return 400, _problems(e)
+        except LabError as e:
+            return (404 if type(e).__name__ == "ConfigNotFound" else 400), {"error": str(e)}
+
+    async def status(self, req: ApiRequest) -> tuple[int, Any]:
+        return 200, {"lab": self.cp.lab, "state": self.cp.state, "configVersion": self.cp.channel.version,
+                     "storeVersion": self.cp.store.version, "startedAt": self.cp.started}
+
+    async def proxy_status(self, req: ApiRequest) -> tuple[int, Any]:
+        return 200, {"latest": self.cp.channel.version, "agents": self.cp.channel.proxy_status()}
+
+    async def wait_synced(self, req: ApiRequest) -> tuple[int, Any]:
+        timeout = float((req.body or {}).get("timeout", 10))
+        ok = await self.cp.channel.wait_synced(timeout, list((req.body or {}).get("expect") or []))
+        return 200, {"synced": ok, "agents": self.cp.channel.proxy_status()}
+
+    async def reload(self, req: ApiRequest) -> tuple[int, Any]:
+        return 200, {"version": self.cp.reload()}
+
+    async def apply(self, req: ApiRequest) -> tuple[int, Any]:
+        body = req.body or {}
+        objects = []
+        for doc in body.get("documents", []):  # every file is parsed before anything is applied
+            objects += parse_config(doc["text"], doc.get("source", "<api>"))
+        outcomes = self.cp.store.apply(objects)
+        version = self.cp.config_changed() if any(o[2] != "unchanged" for o in outcomes) else self.cp.channel.version
+        return 200, {"results": [list(o) for o in outcomes], "version": version}
+
+    async def get_config(self, req: ApiRequest) -> tuple[int, Any]:
+        kind = resolve_kind(req.query["kind"]) if req.query.get("kind") else None
+        objs = self.cp.store.get(kind, req.query.get("name"), req.query.get("namespace"))
+        return 200, {"items": [o.to_dict() for o in objs], "version": self.cp.store.version}
+
+    async def delete_config(self, req: ApiRequest) -> tuple[int, Any]:
+        body = req.body or {}
+        store: ConfigStore = self.cp.store
+        if body.get("documents"):
+            objects = []
+            for doc in body["documents"]:
+                objects += parse_config(doc["text"], doc.get("source", "<api>"))
+            outcomes = store.delete_objects(objects, missing_ok=bool(body.get("missingOk")))
+        else:
+            outcomes = store.delete(resolve_kind(body["kind"]), body["name"], body.get("namespace") or "default",
+                                    missing_ok=bool(body.get("missingOk")))
+        return 200, {"results": [list(o) for o in outcomes], "version": self.cp.config_changed()}
+
+    async def certs(self, req: ApiRequest) -> tuple[int, Any]:
+        return 200, {"root": self.cp.ca.root_pem.decode(), "certificates": [c.to_json() for c in self.cp.ca.in_use()]}
+
+    async def issue_cert(self, req: ApiRequest) -> tuple[int, Any]:
+        body = req.body or {}
+        ttl = timedelta(seconds=float(body.get("ttlSeconds") or self.cp.ttl.total_seconds()))
+        key, issued = self.cp.ca.issue(str(body.get("identity")), ttl, holder=str(body.get("holder") or "meshlab certs"))
+        return 200, {"key": key.decode(), "leaf": issued.leaf_pem.decode(), "root": issued.root_pem.decode(),
+                     "serial": issued.serial, "notAfter": issued.not_after.isoformat()}
+
+    ROUTES = {
+        ("GET", "/v1/status"): status,
+        ("GET", "/v1/proxy-status"): proxy_status,
+        ("POST", "/v1/proxy-status/wait"): wait_synced,
+        ("POST", "/v1/reload"): reload,
+        ("POST", "/v1/config"): apply,
+        ("GET", "/v1/config"): get_config,
+        ("DELETE", "/v1/config"): delete_config,
+        ("GET", "/v1/certs"): certs,
+        ("POST", "/v1/certs"): issue_cert,
+    }

@@ -1,0 +1,149 @@
+"""The control plane daemon of one lab: CA, config store, agent channel and lab API.
+
+Started detached by `meshlab up` (`python -m lab.controlplane --lab NAME`),
+tagged like every lab process so `down` finds it. It announces where it
+listens in `<lab>/controlplane.json`. Everything it knows lives in the lab
+folder, so a restarted control plane picks up where the last one stopped and
+the agents, which kept serving meanwhile, resync on reconnect.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import secrets
+import signal
+import ssl
+import tempfile
+import time
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+from lab import mesh
+from lab.ca import LabCA, NodeAuthorizer
+from lab.controlplane.api import LabApi
+from lab.controlplane.channel import AgentChannelServer
+from lab.controlplane.httpserver import JsonApiServer
+from lab.errors import LabError
+from lab.meshconfig import ConfigStore, to_agent_json
+from lab.state import LabState, atomic_write, lab_dir
+
+log = logging.getLogger("meshlab.controlplane")
+
+AGENT_CHANNEL_PORT = 15012
+
+
+def channel_address(state: dict[str, Any]) -> str:
+    """Where agents reach the control plane: `.0.1` of the lab's block (local provider)."""
+    base = state["block"].split("/")[0].rsplit(".", 2)[0]
+    return f"{base}.0.1"
+
+
+def api_token(lab_path: Path) -> str:
+    """The lab API's bearer token, made on first use (mode 0600)."""
+    path = lab_path / "api-token"
+    if not path.exists():
+        atomic_write(path, secrets.token_urlsafe(24), mode=0o600)
+    return path.read_text().strip()
+
+
+def node_tokens(lab_path: Path, nodes: list[str]) -> dict[str, str]:
+    """Each node's bootstrap token for the agent channel, made on first use (mode 0600)."""
+    path = lab_path / "tokens.json"
+    tokens: dict[str, str] = json.loads(path.read_text()) if path.exists() else {}
+    missing = [n for n in nodes if n not in tokens]
+    for n in missing:
+        tokens[n] = secrets.token_urlsafe(24)
+    if missing or not path.exists():
+        atomic_write(path, json.dumps(tokens, indent=2), mode=0o600)
+    return tokens
+
+
+class ControlPlane:
+    """Holds the lab's state and serves agents and clients from it."""
+
+    def __init__(self, lab: str) -> None:
+        self.lab = lab
+        self.dir = lab_dir(lab)
+        self.state_file = LabState(lab)
+        self.state = self.state_file.load()
+        self.ca = LabCA.load_or_create(self.dir / "ca", self.state["trustDomain"])
+        self.store = ConfigStore(self.dir / "config.json")
+        self.started = time.time()
+        self.channel = AgentChannelServer(node_tokens(self.dir, list(self.state["nodes"])), self.snapshot_for,
+                                          self.sign, self.ttl)
+        self._authorizer = NodeAuthorizer(mesh.node_identities(self.state))
+
+    @property
+    def ttl(self) -> timedelta:
+        return timedelta(seconds=int(self.state.get("certTtlSeconds") or 86400))
+
+    def snapshot_for(self, node: str, agent: str) -> dict[str, Any]:
+        return mesh.ztunnel_snapshot(self.state, node, to_agent_json(self.store.objects()),
+                                     int(self.ttl.total_seconds()))
+
+    def sign(self, node: str, holder: str, identity: str, csr: bytes) -> tuple[bytes, bytes]:
+        """Sign a CSR for an agent of `node`, if a workload of that identity is scheduled there."""
+        self._authorizer.check(node, identity)
+        issued = self.ca.sign_csr(csr, identity, self.ttl, holder)
+        return issued.leaf_pem, issued.root_pem
+
+    def reload(self) -> int:
+        """Re-read the lab state (after `up` reconciled it) and push a new config version."""
+        self.state = self.state_file.load()
+        self.channel.tokens.update(node_tokens(self.dir, list(self.state["nodes"])))
+        self._authorizer = NodeAuthorizer(mesh.node_identities(self.state))
+        return self.channel.publish()
+
+    def config_changed(self) -> int:
+        return self.channel.publish()
+
+    async def run(self) -> None:
+        host = channel_address(self.state)
+        key, cert = self.ca.issue_server_cert([host])
+        context = _server_context(key, cert)
+        channel_port = await self.channel.start(host, int(os.environ.get("MESHLAB_CP_PORT", AGENT_CHANNEL_PORT)),
+                                                context)
+        api = JsonApiServer(LabApi(self, api_token(self.dir)).handle)
+        api_port = await api.start("127.0.0.1", 0)
+        atomic_write(self.dir / "controlplane.json", json.dumps({
+            "pid": os.getpid(), "api": f"http://127.0.0.1:{api_port}", "channel": f"{host}:{channel_port}",
+            "startedAt": self.started}, indent=2), mode=0o600)
+        log.info("control plane of lab %s: agent channel %s:%d, lab API 127.0.0.1:%d", self.lab, host,
+                 channel_port, api_port)
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        await stop.wait()
+        await api.close()
+        await self.channel.close()
+        (self.dir / "controlplane.json").unlink(missing_ok=True)
+
+
+def _server_context(key_pem: bytes, cert_pem: bytes) -> ssl.SSLContext:
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_3
+    with tempfile.TemporaryDirectory() as tmp:
+        (Path(tmp) / "key.pem").write_bytes(key_pem)
+        (Path(tmp) / "cert.pem").write_bytes(cert_pem)
+        ctx.load_cert_chain(Path(tmp) / "cert.pem", Path(tmp) / "key.pem")
+    return ctx
+
+
+def main(argv: list[str] | None = None) -> int:
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="python -m lab.controlplane")
+    parser.add_argument("--lab", required=True)
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    try:
+        asyncio.run(ControlPlane(args.lab).run())
+    except LabError as e:
+        log.error("%s", e)
+        return 1
+    return 0
