@@ -1,8 +1,9 @@
 """Turns a topology into what each node must run: pure data, no I/O.
 
 The plan is what `meshlab up` reconciles a lab towards: node specs, the
-supervised processes of each node, and the mesh resolver's table. Later issues
-add the mesh (ztunnel, waypoints, sidecars) here and in the resolver's answer.
+supervised processes of each node, and the addresses of workloads and of the
+service VIPs. What each node is told about the mesh is derived from the lab's
+state by `lab.mesh`.
 """
 
 from __future__ import annotations
@@ -34,7 +35,6 @@ class LabPlan:
     nodes: list[NodeSpec]
     placements: list[WorkloadPlacement]
     processes: dict[str, list[ProcessSpec]] = field(default_factory=dict)  # node -> specs
-    resolver_table: dict[str, Any] = field(default_factory=dict)
     vips: dict[str, dict[str, str]] = field(default_factory=dict)  # "name.ns" -> node -> VIP
 
     def node_provider(self, node: str) -> str:
@@ -62,20 +62,6 @@ def place_workloads(topology: Topology, block: str) -> list[WorkloadPlacement]:
                                             _workload_port(topology, w),
                                             inbound_capture(block, index[w.node], slot)))
     return placements
-
-
-def resolver_table(topology: Topology, placements: list[WorkloadPlacement]) -> dict[str, Any]:
-    """The mesh resolver's table: every service, its ports and its endpoints (mode `none`)."""
-    services = []
-    for s in topology.services:
-        endpoints = [
-            {"workload": p.workload.name, "node": p.node, "address": p.address, "labels": dict(p.workload.labels)}
-            for p in placements if p.workload.service == s.name and p.workload.namespace == s.namespace
-        ]
-        ports = [{"name": sp.name, "port": sp.port, "targetPort": sp.workload_port, "protocol": sp.protocol}
-                 for sp in s.ports]
-        services.append({"name": s.name, "namespace": s.namespace, "ports": ports, "endpoints": endpoints})
-    return {"services": services}
 
 
 def workload_env(topology: Topology, p: WorkloadPlacement, node_addr: str) -> dict[str, str]:
@@ -149,4 +135,4 @@ def plan_lab(topology: Topology, block: str, lab: str,
         processes[n.name] = [workload_process(topology, p, addr, agent_command(n.name)) for p in mine]
     vips = {f"{s.name}.{s.namespace}": {n.name: service_vip(block, i, k) for i, n in enumerate(topology.nodes)}
             for k, s in enumerate(topology.services)}
-    return LabPlan(topology, block, nodes, placements, processes, resolver_table(topology, placements), vips)
+    return LabPlan(topology, block, nodes, placements, processes, vips)

@@ -63,10 +63,37 @@ def test_workload_process_carries_the_env_contract(bookinfo_plan) -> None:
 
 
 def test_resolver_table_lists_every_endpoint(bookinfo_plan) -> None:
-    services = {s["name"]: s for s in bookinfo_plan.resolver_table["services"]}
+    from lab import mesh
+    from lab.orchestrator import _state_document
+
+    state = _state_document(bookinfo_plan, "bookinfo.yaml", "running", None)
+    table = mesh.resolver_table(state, "node-2")
+    services = {s["name"]: s for s in table["services"]}
     assert set(services) == {"productpage", "details", "reviews", "ratings"}
     assert sorted(e["labels"]["version"] for e in services["reviews"]["endpoints"]) == ["v1", "v2", "v3"]
     assert services["details"]["ports"] == [{"name": "http", "port": 9080, "targetPort": 9080, "protocol": "http"}]
+    assert services["details"]["vip"] == "127.150.130.2"  # node-2's capture range, second service
+    assert table["namespaces"] == {"bookinfo": {"mode": "none"}}
+    assert all(e["inboundCapture"] is None for e in services["reviews"]["endpoints"])  # not in the mesh
+
+
+def test_ztunnel_snapshot_in_ambient_mode(bookinfo_plan) -> None:
+    from lab import mesh
+    from lab.orchestrator import _state_document
+
+    state = _state_document(bookinfo_plan, "bookinfo.yaml", "running", None)
+    state["namespaces"]["bookinfo"]["mode"] = "ambient"
+    snap = mesh.ztunnel_snapshot(state, "node-3", {"peerAuthentications": [], "authorizationPolicies": []}, 60)
+    workloads = {w["name"]: w for w in snap["workloads"]}
+    assert workloads["reviews-v2"]["inboundCapture"] == "127.150.131.100"  # node-3, slot 0
+    assert workloads["details-v1"]["inboundCapture"] is None  # not on this node
+    assert workloads["details-v1"]["nodeAddress"] == "127.150.2.1" and workloads["details-v1"]["hbonePort"] == 15008
+    assert workloads["reviews-v2"]["identity"] == "spiffe://cluster.local/ns/bookinfo/sa/bookinfo-reviews"
+    ratings = next(s for s in snap["services"] if s["name"] == "ratings")
+    assert ratings["vip"] == "127.150.131.4" and ratings["endpoints"] == ["ratings-v1"]
+    assert ratings["hostname"] == "ratings.bookinfo.svc.cluster.local"
+    assert snap["certTtlSeconds"] == 60 and snap["nodeAddress"] == "127.150.3.1"
+    assert mesh.node_identities(state)["node-1"] == {"spiffe://cluster.local/ns/bookinfo/sa/bookinfo-productpage"}
 
 
 def test_command_workloads_run_through_the_shell(tmp_path: Path) -> None:

@@ -151,3 +151,28 @@ def test_response_format() -> None:
     assert head.split(b"\r\n") == [b"HTTP/1.1 404 Not Found", b"Content-Type: application/json",
                                    f"Content-Length: {len(body)}".encode(), b"Connection: close"]
     assert body == b'{"error": "x"}\n'
+
+
+AMBIENT_TABLE = {
+    "namespaces": {"shop": {"mode": "ambient"}, "legacy": {"mode": "none"}},
+    "services": [{"name": "web", "namespace": "shop", "vip": "127.9.129.1",
+                  "ports": [{"name": "http", "port": 80, "targetPort": 8080}],
+                  "endpoints": [{"workload": "web-v1", "address": "127.9.1.10", "mode": "ambient",
+                                 "inboundCapture": "127.9.129.100"}]},
+                 {"name": "old", "namespace": "legacy", "vip": "127.9.129.2",
+                  "ports": [{"name": "http", "port": 80, "targetPort": 8080}],
+                  "endpoints": [{"workload": "old-v1", "address": "127.9.1.11", "mode": "none",
+                                 "inboundCapture": None}]}],
+}
+
+
+@pytest.mark.parametrize("service, caller, expected", [
+    ("web.shop", "shop", ("127.9.129.1", 80, "ztunnel")),  # ambient caller: its node's VIP, service port
+    ("old.legacy", "shop", ("127.9.129.2", 80, "ztunnel")),  # even to a destination outside the mesh
+    ("web.shop", "legacy", ("127.9.129.100", 8080, "ztunnel-inbound")),  # plaintext caller to an ambient workload
+    ("web.shop", None, ("127.9.129.100", 8080, "ztunnel-inbound")),
+    ("old.legacy", "legacy", ("127.9.1.11", 8080, "direct")),  # neither side in the mesh
+])
+def test_ambient_answers(service: str, caller: str | None, expected: tuple[str, int, str]) -> None:
+    answer = Resolver(AMBIENT_TABLE).resolve(service, 80, caller)
+    assert (answer.address, answer.port, answer.via) == expected
