@@ -10,6 +10,7 @@ COMMANDS = {
     "node": "agents.node.supervisor",
     "demo": "agents.demo",
     "loadgen": "agents.loadgen",
+    "ztunnel": "agents.ztunnel.main",
 }
 
 

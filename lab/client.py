@@ -88,3 +88,6 @@ class LabClient:
 
     def issue_cert(self, identity: str, ttl_seconds: float | None = None) -> dict[str, Any]:
         return self.call("POST", "/v1/certs", {"identity": identity, "ttlSeconds": ttl_seconds})
+
+    def set_mode(self, namespace: str, mode: str) -> dict[str, Any]:
+        return self.call("POST", "/v1/mode", {"namespace": namespace, "mode": mode})

@@ -22,7 +22,7 @@ from lab.addressing import allocate_block, block_in_use
 from lab.ca import DEFAULT_TTL, LabCA
 from lab.client import LabClient
 from lab.controlplane.daemon import AGENT_CHANNEL_PORT, channel_address, node_tokens
-from lab.controlplane.launch import ensure_control_plane
+from lab.controlplane.launch import ensure_control_plane, running_pid
 from lab.errors import LabError, ProvisionError
 from lab.plan import RESOLVER_PORT, LabPlan, plan_lab, ztunnel_process
 from lab.providers import provider_class, provider_names
@@ -254,6 +254,8 @@ async def status(name: str) -> dict[str, Any]:
     """The lab's state with what its nodes report now: node state, processes, restarts."""
     lab = Lab(name)
     doc = lab.state.load()
+    pid = running_pid(lab.dir)
+    doc["controlPlane"] = {"state": "running" if pid else "stopped", "pid": pid}
     try:
         for node, entry in doc["nodes"].items():
             provider = lab.provider_of(node, doc)

@@ -26,7 +26,7 @@ import h2.exceptions
 
 from agents.hbone.connection import Connection
 from agents.hbone.stream import HboneError, Tunnel
-from agents.hbone.tls import ALPN, peer_identity, sni_for_identity
+from agents.hbone.tls import ALPN, TlsChannel, peer_identity, sni_for_identity
 
 PoolKey = tuple[str, str, tuple[str, int]]
 T = TypeVar("T")
@@ -144,23 +144,21 @@ class HboneClient:
         self.connections_opened += 1
         return conn
 
-    def _handshake(self, ctx: ssl.SSLContext, addr: tuple[str, int], sni: str) -> ssl.SSLSocket:
+    def _handshake(self, ctx: ssl.SSLContext, addr: tuple[str, int], sni: str) -> TlsChannel:
         """Thread: TCP connect and TLS handshake (blocking, with the connect timeout)."""
         try:
             raw = socket.create_connection(addr, timeout=self.connect_timeout)
         except OSError as exc:
             raise HboneError(None, f"cannot connect to {addr[0]}:{addr[1]}: {exc}") from exc
-        tls: ssl.SSLSocket | None = None
         try:
             raw.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            tls = ctx.wrap_socket(raw, server_hostname=sni, do_handshake_on_connect=False)
-            tls.do_handshake()
+            tls = TlsChannel(raw, ctx, server_side=False, server_hostname=sni)
+            tls.handshake(self.connect_timeout)
             if tls.selected_alpn_protocol() != ALPN:
                 raise ssl.SSLError(f"{addr[0]}:{addr[1]} did not negotiate ALPN h2")
-            tls.settimeout(None)
             return tls
         except (OSError, ValueError) as exc:
-            (tls or raw).close()
+            raw.close()
             raise HboneError(None, f"TLS handshake with {addr[0]}:{addr[1]} failed: {exc}") from exc
 
     def _forget(self, key: PoolKey, conn: Connection) -> None:

@@ -3,10 +3,11 @@
 Theory of operation
 -------------------
 Bulk bytes go through neither asyncio nor h2 (DESIGN §10). A connection is a
-blocking `ssl.SSLSocket` (OpenSSL releases the GIL while it encrypts, decrypts
-and waits) served by threads:
+`tls.TlsChannel` (a blocking socket read and written in large blocks, OpenSSL
+working in memory; it releases the GIL while it encrypts and decrypts) served
+by threads:
 
-* the *reader* reads TLS records into one large buffer, splits them with
+* the *reader* decrypts into one large buffer, splits it with
   `frames.FrameSplitter`, hands DATA pieces to their tunnels, applies
   WINDOW_UPDATEs, and feeds every other frame to h2, whose events (a CONNECT
   request, a response, a reset, new settings, GOAWAY) become tunnel state and
@@ -20,14 +21,10 @@ and waits) served by threads:
 Two locks. `lock` guards h2, the stream table, the windows and the queue; it
 is held for short sections only, never across I/O (each tunnel's Condition
 shares it). `send_lock` serialises writes to the socket; whoever holds it
-sends the queue before its own frame, so frames leave in the order they were
-queued (HPACK depends on it). The reader never waits for `send_lock`: that is
-what keeps two peers that both send bulk from deadlocking.
-
-One thread reads the TLS object while another writes it. OpenSSL copes with
-that for application data after the handshake; our servers send no session
-tickets, and a TLS 1.3 KeyUpdate from a foreign peer is the one thing that
-would make a read write (mainstream stacks do not send one on their own).
+sends the queue before its own frame, in one TLS write, so frames leave in
+the order they were queued (HPACK depends on it). The reader never waits for
+`send_lock`: that is what keeps two peers that both send bulk from
+deadlocking.
 """
 
 from __future__ import annotations
@@ -47,6 +44,7 @@ import h2.settings
 
 from agents.hbone import frames as fr
 from agents.hbone.stream import HboneError, Tunnel
+from agents.hbone.tls import TlsChannel
 
 STREAM_WINDOW = 4 << 20        # per stream: what one slow tunnel may buffer here
 CONNECTION_WINDOW = 16 << 20   # per connection
@@ -74,17 +72,17 @@ def start_thread(target: Callable[..., Any], *args: Any, name: str) -> threading
 class Connection:
     """An established HBONE connection (client or server side)."""
 
-    def __init__(self, sock: ssl.SSLSocket, *, client: bool, loop: asyncio.AbstractEventLoop,
+    def __init__(self, tls: TlsChannel, *, client: bool, loop: asyncio.AbstractEventLoop,
                  on_request: RequestCallback | None = None, max_concurrent_streams: int = 100,
                  peer_identity: str | None = None, local_identity: str | None = None) -> None:
-        self.sock = sock
+        self.tls = tls
         self.client = client
         self.loop = loop
         self.on_request = on_request
         self.peer_identity = peer_identity
         self.local_identity = local_identity
         try:
-            self.peer_addr: tuple[str, int] | None = sock.getpeername()[:2]
+            self.peer_addr: tuple[str, int] | None = tls.getpeername()[:2]
         except OSError:
             self.peer_addr = None
         self.lock = threading.Lock()
@@ -166,11 +164,30 @@ class Connection:
 
     # ------------------------------------------------------------ sending
 
-    def _enqueue_locked(self, data: bytes) -> None:
+    def _enqueue_locked(self, data: bytes, wake: bool = True) -> None:
         if data:
             self._outq.append(data)
             self.outq_bytes += len(data)
+            if wake:
+                self._wake.set()
+
+    def kick(self) -> None:
+        """Write the queue now if nobody else is writing, without blocking; else the sender thread will.
+
+        For the reader and the event loop: a thread wake-up per WINDOW_UPDATE costs more than
+        encrypting and sending it right here.
+        """
+        if not self.send_lock.acquire(blocking=False):
             self._wake.set()
+            return
+        try:
+            items = self._take_queue()
+            if items and not self.tls.try_send(*items):
+                self._wake.set()  # the socket is full: the sender thread finishes the job
+        except (OSError, ValueError) as exc:
+            self.fail(f"send failed: {exc}")
+        finally:
+            self.send_lock.release()
 
     def h2_call_locked(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> bool:
         """Call an h2 method (lock held) and queue what it wrote; False if h2 refused (stream gone)."""
@@ -187,8 +204,9 @@ class Connection:
         with self.send_lock:
             if self._outq:
                 self._flush_locked()
+            items = self._take_queue() if self._outq else []
             try:
-                self.sock.sendall(frame)
+                self.tls.send(*items, frame)
             except (OSError, ValueError) as exc:
                 self.fail(f"send failed: {exc}")
                 raise HboneError(None, "connection lost") from exc
@@ -198,14 +216,17 @@ class Connection:
         with self.send_lock:
             self._flush_locked()
 
+    def _take_queue(self) -> list[bytes]:
+        with self.lock:
+            items, self._outq, self.outq_bytes = self._outq, [], 0
+        if len(items) > 1 and sum(map(len, items)) < 65536:
+            items = [b"".join(items)]  # one TLS record for a handful of control frames
+        return items
+
     def _flush_locked(self) -> None:
-        while True:
-            with self.lock:
-                items, self._outq, self.outq_bytes = self._outq, [], 0
-            if not items:
-                break
+        while (items := self._take_queue()) or self.tls.backlog:
             try:
-                self.sock.sendall(items[0] if len(items) == 1 else b"".join(items))
+                self.tls.send(*items)
             except (OSError, ValueError) as exc:
                 self.fail(f"send failed: {exc}")
                 return
@@ -232,8 +253,7 @@ class Connection:
         buf = bytearray(RECV_BUFFER)
         view = memoryview(buf)
         pos = end = 0
-        sslobj = getattr(self.sock, "_sslobj", None)  # skips SSLSocket.recv_into's Python layers
-        read = sslobj.read if sslobj is not None else (lambda n, b: self.sock.recv_into(b, n))
+        recv_into = self.tls.recv_into
         split = self._splitter.split
         try:
             while True:
@@ -245,17 +265,20 @@ class Connection:
                         view.release()
                         buf = buf + bytes(len(buf))
                         view = memoryview(buf)
-                n = read(len(buf) - end, view[end:])
+                n = recv_into(view[end:])
                 if not n:
                     break
                 end += n
                 pos, events = split(view, pos, end)
-                if events:
-                    self._dispatch(events)
+                for ev in events:
+                    if ev[0] == fr.EV_DATA:
+                        self._on_data(ev[1], ev[2], ev[3], ev[4], ev[5])
+                    elif ev[0] == fr.EV_WINDOW:
+                        self._on_window(ev[1], ev[2])
+                    else:
+                        self._feed_h2(ev[1])
                 if pos == end:
                     pos = end = 0
-            self.fail("connection closed by peer" if not self._closing else None)
-        except (ssl.SSLZeroReturnError, ssl.SSLEOFError):
             self.fail("connection closed by peer" if not self._closing else None)
         except fr.ConnectionError_ as exc:
             self._protocol_error(exc.code, str(exc))
@@ -267,47 +290,40 @@ class Connection:
             view.release()
             self._thread_done()
 
-    def _dispatch(self, events: list[tuple]) -> None:
-        for ev in events:
-            kind = ev[0]
-            if kind == fr.EV_DATA:
-                self._on_data(ev[1], ev[2], ev[3], ev[4], ev[5])
-            elif kind == fr.EV_WINDOW:
-                self._on_window(ev[1], ev[2])
-            else:
-                self._feed_h2(ev[1])
-
     def _on_data(self, sid: int, payload: memoryview, last: bool, end_stream: bool, flow: int) -> None:
         with self.lock:
             self.in_window.received(flow)
             tunnel = self.streams.get(sid)
-            if tunnel is not None and not tunnel.accepting_data():
-                tunnel = None
-            if tunnel is not None and not tunnel.in_window_received(flow):
-                tunnel = None  # reset for overrunning its window
+            if tunnel is not None and not (tunnel.accepting_data() and tunnel.in_window_received(flow)):
+                tunnel = None  # not open for data, or reset just now for overrunning its window
         if tunnel is None:  # not ours (closed, refused, unknown): h2 decides, we only return the credit
             self.credit(None, flow)
             if last:
                 self._feed_h2(fr.empty_data(sid, end_stream))
             return
-        if flow > len(payload):
-            self.credit(tunnel, flow - len(payload))  # padding
-        if payload:
-            tunnel.deliver(payload)
+        # credit what the target took at once, and padding; queued bytes are credited once written
+        taken = tunnel.deliver(payload) if payload else 0
+        if taken or flow > len(payload):
+            self.credit(tunnel, taken + flow - len(payload))
         if end_stream:
             tunnel.deliver_eof()
             self._feed_h2(fr.empty_data(sid, True))
 
     def credit(self, tunnel: Tunnel | None, n: int) -> None:
         """Bytes were handed on: return flow-control credit (batched WINDOW_UPDATEs)."""
+        update = b""
         with self.lock:
             inc = self.in_window.consumed(n)
             if inc:
-                self._enqueue_locked(fr.window_update(0, inc))
+                update = fr.window_update(0, inc)
             if tunnel is not None and not tunnel.remote_closed():
                 inc = tunnel.in_window.consumed(n)
                 if inc:
-                    self._enqueue_locked(fr.window_update(tunnel.stream_id, inc))
+                    update += fr.window_update(tunnel.stream_id, inc)
+            if update:
+                self._enqueue_locked(update, wake=False)
+        if update:
+            self.kick()
 
     def _on_window(self, sid: int, increment: int) -> None:
         with self.lock:
@@ -417,7 +433,7 @@ class Connection:
             call_in_loop(self.loop, _resolve, fut)
         call_in_loop(self.loop, self.settings_received.set)  # a client waiting for SETTINGS sees `closed`
         try:
-            self.sock.shutdown(socket.SHUT_RDWR)
+            self.tls.shutdown(socket.SHUT_RDWR)
         except (OSError, ValueError):
             pass
         self._wake.set()
@@ -430,7 +446,7 @@ class Connection:
             last = self._threads_left == 0
         if last:
             try:
-                self.sock.close()
+                self.tls.close()
             except OSError:
                 pass
 

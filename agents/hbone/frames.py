@@ -150,6 +150,11 @@ class FrameSplitter:
                     raw_start = -1
                 if sid == 0:
                     raise ConnectionError_(PROTOCOL_ERROR, "DATA frame on stream 0")
+                if not flags & PADDED and end - pos >= 9 + length:  # a whole frame: the usual case
+                    pos += 9
+                    events.append((EV_DATA, sid, view[pos:pos + length], True, bool(flags & END_STREAM), length))
+                    pos += length
+                    continue
                 if flags & PADDED and length == 0:
                     raise ConnectionError_(PROTOCOL_ERROR, "PADDED DATA frame without a pad length")
                 pos += 9

@@ -25,7 +25,14 @@ from typing import Any, Union
 from agents.hbone import frames as fr
 from agents.hbone.connection import Connection, call_in_loop, start_thread
 from agents.hbone.stream import Tunnel, _header_dict, pipe, pipe_socket
-from agents.hbone.tls import ALPN, bare_server_context, context_identity, identity_from_sni, peer_identity
+from agents.hbone.tls import (
+    ALPN,
+    TlsChannel,
+    bare_server_context,
+    context_identity,
+    identity_from_sni,
+    peer_identity,
+)
 
 log = logging.getLogger("hbone.server")
 
@@ -158,36 +165,31 @@ class HboneServer:
 
     def _handshake(self, raw: socket.socket) -> None:
         """Thread: TLS handshake, then hand the connection to the loop."""
-        tls = None
         try:
-            raw.setblocking(True)
-            raw.settimeout(self.handshake_timeout)
             raw.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            tls = self._base.wrap_socket(raw, server_side=True, do_handshake_on_connect=False)
-            tls.do_handshake()
+            tls = TlsChannel(raw, self._base, server_side=True)
+            tls.handshake(self.handshake_timeout)
             if tls.selected_alpn_protocol() != ALPN:
                 raise ssl.SSLError("the client did not negotiate ALPN h2")
             peer = peer_identity(tls)
             if peer is None:
                 raise ssl.SSLError("the client certificate has no spiffe:// identity")
-            tls.settimeout(None)
         except (OSError, ValueError) as exc:
             self.handshake_failures += 1
             log.info("HBONE handshake failed: %s", exc)
-            (tls or raw).close()
+            raw.close()
             return
-        sni = getattr(tls, "hbone_sni", None)
-        local = context_identity(tls.context) or identity_from_sni(sni)
+        local = context_identity(tls.context) or identity_from_sni(tls.sni)
         call_in_loop(self._loop, self._connected, tls, peer, local)
 
-    def _connected(self, tls: ssl.SSLSocket, peer: str, local: str | None) -> None:
+    def _connected(self, tls: TlsChannel, peer: str, local: str | None) -> None:
         if self._closing:
             tls.close()
             return
         conn = Connection(tls, client=False, loop=self._loop, on_request=self._on_request,
                           max_concurrent_streams=self.max_concurrent_streams,
                           peer_identity=peer, local_identity=local)
-        conn.sni = getattr(tls, "hbone_sni", None)  # type: ignore[attr-defined]
+        conn.sni = tls.sni
         conn.on_closed = self.connections.discard
         self.connections.add(conn)
 

@@ -163,6 +163,10 @@ class Tunnel:
                           ) -> asyncio.Future[None]:
         """Move bytes between this tunnel and `sock` with threads; the future resolves when both ends are done."""
         sock.setblocking(True)
+        try:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)  # a proxy must not add Nagle delays
+        except OSError:
+            pass  # not TCP (a socketpair in tests, a unix socket)
         self._done = self.loop.create_future()
         with self.conn.lock:
             self._sink = sock
@@ -265,24 +269,24 @@ class Tunnel:
 
     # ------------------------------------------------------------ called by the connection
 
-    def deliver(self, payload: memoryview) -> None:
-        """DATA for this stream (reader thread, lock not held): into the socket if it has room, else queued."""
-        n = len(payload)
-        self.bytes_received += n
+    def deliver(self, payload: memoryview) -> int:
+        """DATA for this stream (reader thread, lock not held): into the socket if it has room, else queued.
+
+        Returns how many bytes the socket took at once (the caller credits them).
+        """
         sink = self._sink
+        self.bytes_received += len(payload)
+        sent = 0
         if sink is not None and not self._in_pending and _DONTWAIT and not self.reset:
             try:
                 sent = sink.send(payload, _DONTWAIT)
             except BlockingIOError:
-                sent = 0
+                pass
             except OSError as exc:
                 self.abort(fr.CONNECT_ERROR, f"writing the target failed: {exc}")
-                self.conn.credit(None, n)
-                return
-            if sent:
-                self.conn.credit(self, sent)
-            if sent == n:
-                return
+                return len(payload)  # dropped: credited
+            if sent == len(payload):
+                return sent
             payload = payload[sent:]
         with self.conn.lock:
             dropped = self.reset
@@ -290,8 +294,7 @@ class Tunnel:
                 self._inq.append(bytes(payload))
                 self._in_pending += len(payload)
                 self.notify_locked()
-        if dropped:
-            self.conn.credit(None, len(payload))
+        return sent + len(payload) if dropped else sent
 
     def deliver_eof(self) -> None:
         with self.conn.lock:

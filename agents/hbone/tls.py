@@ -35,8 +35,10 @@ import hashlib
 import os
 import re
 import shutil
+import socket
 import ssl
 import tempfile
+import threading
 from typing import Any, Protocol
 
 ALPN = "h2"
@@ -45,6 +47,7 @@ _LABEL = r"[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?"
 _LABEL_RE = re.compile(rf"^{_LABEL}$")
 _DNS_RE = re.compile(rf"^{_LABEL}(\.{_LABEL})*$")
 _SPIFFE_RE = re.compile(r"^spiffe://([^/]+)/ns/([^/]+)/sa/([^/]+)$")
+_DONTWAIT = getattr(socket, "MSG_DONTWAIT", 0)
 
 
 class IdentityContext(ssl.SSLContext):
@@ -102,7 +105,7 @@ def bare_server_context() -> ssl.SSLContext:
     return ctx
 
 
-def peer_identity(ssl_object: ssl.SSLObject | ssl.SSLSocket) -> str | None:
+def peer_identity(ssl_object: ssl.SSLObject | ssl.SSLSocket | TlsChannel) -> str | None:
     """The first ``spiffe://`` URI SAN of the verified peer certificate, or None."""
     try:
         cert = ssl_object.getpeercert()
@@ -136,6 +139,140 @@ def identity_from_sni(sni: str | None) -> str | None:
         return None
     sa, ns, td = labels[0], labels[1], ".".join(labels[2:])
     return f"spiffe://{td}/ns/{ns}/sa/{sa}"
+
+
+class TlsChannel:
+    """TLS over a blocking socket with OpenSSL working in memory (`ssl.MemoryBIO`).
+
+    A socket-BIO `SSLSocket` makes two `read()` calls per TLS record (header, then
+    body) and one `write()` per 16 KB record; here the socket is read and written in
+    large blocks and OpenSSL encrypts and decrypts in memory, for one extra memcpy.
+    On loopback that is ~15-25% less CPU per GB (see lab/bench/l4.py).
+
+    One reader thread calls `recv_into`; writers serialise `send` among themselves
+    (the connection's send lock). Every call into the TLS object holds `_tls_lock`,
+    so reads and writes never touch OpenSSL's state at the same time.
+    """
+
+    RAW_BLOCK = 256 << 10
+
+    def __init__(self, sock: socket.socket, ctx: ssl.SSLContext, *, server_side: bool,
+                 server_hostname: str | None = None) -> None:
+        self.sock = sock
+        self._incoming = ssl.MemoryBIO()
+        self._outgoing = ssl.MemoryBIO()
+        self.obj = ctx.wrap_bio(self._incoming, self._outgoing, server_side=server_side,
+                                server_hostname=server_hostname)
+        self._tls_lock = threading.Lock()
+        self._raw = bytearray(self.RAW_BLOCK)
+        self._raw_view = memoryview(self._raw)
+        self._eof = False
+        self._backlog = b""  # ciphertext a non-blocking send left over; goes out before anything else
+
+    def handshake(self, timeout: float) -> None:
+        """The TLS handshake, blocking, within `timeout` seconds (OSError/ssl.SSLError on failure)."""
+        self.sock.settimeout(timeout)
+        while True:
+            try:
+                self.obj.do_handshake()
+                break
+            except ssl.SSLWantReadError:
+                self._flush_output()
+                data = self.sock.recv(self.RAW_BLOCK)
+                if not data:
+                    raise ConnectionResetError("connection closed during the TLS handshake") from None
+                self._incoming.write(data)
+            except ssl.SSLError:
+                try:
+                    self._flush_output()  # the alert, so the peer learns why
+                except OSError:
+                    pass
+                raise
+        self._flush_output()
+        self.sock.settimeout(None)
+
+    @property
+    def context(self) -> ssl.SSLContext:
+        return self.obj.context
+
+    @property
+    def sni(self) -> str | None:
+        """The SNI name the client sent (server side; recorded by the server's sni_callback)."""
+        return getattr(self.obj, "hbone_sni", None)
+
+    def recv_into(self, view: memoryview) -> int:
+        """Decrypt into `view`, blocking until at least one byte (0: the peer closed)."""
+        read = self.obj.read
+        while True:
+            got, size = 0, len(view)
+            with self._tls_lock:
+                try:
+                    while got < size:
+                        n = read(size - got, view[got:])
+                        if not n:
+                            break
+                        got += n
+                except ssl.SSLWantReadError:
+                    pass
+                except (ssl.SSLZeroReturnError, ssl.SSLEOFError):
+                    self._eof = True
+            if got or self._eof:
+                return got
+            n = self.sock.recv_into(self._raw)
+            if not n:
+                return 0
+            self._incoming.write(self._raw_view[:n])
+
+    def send(self, *chunks: bytes | memoryview) -> None:
+        """Encrypt `chunks` and write them (after any backlog) with one socket send; blocks.
+
+        Callers serialise `send` and `try_send` (the connection's send lock).
+        """
+        self.sock.sendall(self._encrypt(chunks))
+
+    def try_send(self, *chunks: bytes | memoryview) -> bool:
+        """As `send`, without blocking: what the socket does not take waits as backlog (False)."""
+        data = self._encrypt(chunks)
+        try:
+            sent = self.sock.send(data, _DONTWAIT) if _DONTWAIT else 0
+        except BlockingIOError:
+            sent = 0
+        if sent < len(data):
+            self._backlog = data[sent:]
+            return False
+        return True
+
+    @property
+    def backlog(self) -> bool:
+        return bool(self._backlog)
+
+    def _encrypt(self, chunks: tuple[bytes | memoryview, ...]) -> bytes:
+        with self._tls_lock:
+            for chunk in chunks:
+                self.obj.write(chunk)
+            data = self._outgoing.read()
+        if self._backlog:
+            data, self._backlog = self._backlog + data, b""
+        return data
+
+    def _flush_output(self) -> None:
+        if self._outgoing.pending:
+            self.sock.sendall(self._outgoing.read())
+
+    def getpeercert(self) -> dict[str, Any] | None:
+        return self.obj.getpeercert()  # type: ignore[return-value]
+
+    def selected_alpn_protocol(self) -> str | None:
+        return self.obj.selected_alpn_protocol()
+
+    def getpeername(self) -> Any:
+        return self.sock.getpeername()
+
+    def shutdown(self, how: int) -> None:
+        self.sock.shutdown(how)
+
+    def close(self) -> None:
+        self.sock.close()
 
 
 class CertSource(Protocol):

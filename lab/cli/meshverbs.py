@@ -120,6 +120,18 @@ def cmd_certs(args: argparse.Namespace, lab: str) -> int:
     return 0
 
 
+def cmd_mode(args: argparse.Namespace, lab: str) -> int:
+    answer = LabClient(lab).set_mode(args.namespace, args.mode)
+    if args.json:
+        print(json.dumps(answer, indent=2))
+    elif not answer["changed"]:
+        print(f"namespace {args.namespace} is already in mode {args.mode}")
+    else:
+        print(f"namespace {args.namespace}: {answer['previous']} -> {args.mode} (config version {answer['version']}, "
+              f"{'all agents synced' if answer['synced'] else 'some agents not synced yet: see proxy-status'})")
+    return 0
+
+
 def add_verbs(verb: Any, pick_lab: Any) -> None:
     """Register the verbs on the CLI's parser (`verb(name, func, help)` makes a subparser)."""
     def with_lab(func: Any) -> Any:
@@ -142,6 +154,11 @@ def add_verbs(verb: Any, pick_lab: Any) -> None:
     p.add_argument("-f", "--filename", action="append")
     p.add_argument("-n", "--namespace")
     p.add_argument("--ignore-not-found", action="store_true")
+    p.add_argument("--lab")
+
+    p = verb("mode", with_lab(cmd_mode), "switch a namespace's data-plane mode live (ambient or none)")
+    p.add_argument("namespace")
+    p.add_argument("mode", choices=["ambient", "sidecar", "none"])
     p.add_argument("--lab")
 
     p = verb("proxy-status", with_lab(cmd_proxy_status), "show which config version each agent ACKed")

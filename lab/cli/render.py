@@ -48,8 +48,11 @@ def down_summary(doc: dict[str, Any]) -> str:
 
 
 def status_table(doc: dict[str, Any]) -> str:
+    cp = doc.get("controlPlane") or {}
     out = [f"lab {doc['lab']}  status {doc['status']}  block {doc['block']}  trust domain {doc['trustDomain']}",
-           f"topology {doc['topology']}", ""]
+           f"topology {doc['topology']}",
+           f"control plane {cp.get('state', '?')}" + (f" (pid {cp['pid']})" if cp.get("pid") else
+                                                       " (run `meshlab up` again to restart it)"), ""]
     out.append(table(["NODE", "PROVIDER", "ADDRESS", "STATE"],
                      [[n, v["provider"], v["address"], v.get("state", "?")] for n, v in doc["nodes"].items()]))
     out.append("")

@@ -92,7 +92,12 @@ class LabApi:
         return 200, {"key": key.decode(), "leaf": issued.leaf_pem.decode(), "root": issued.root_pem.decode(),
                      "serial": issued.serial, "notAfter": issued.not_after.isoformat()}
 
+    async def set_mode(self, req: ApiRequest) -> tuple[int, Any]:
+        body = req.body or {}
+        return 200, await self.cp.set_mode(str(body.get("namespace")), str(body.get("mode")))
+
     ROUTES = {
+        ("POST", "/v1/mode"): set_mode,
         ("GET", "/v1/status"): status,
         ("GET", "/v1/proxy-status"): proxy_status,
         ("POST", "/v1/proxy-status/wait"): wait_synced,

@@ -101,6 +101,47 @@ class ControlPlane:
     def config_changed(self) -> int:
         return self.channel.publish()
 
+    async def set_mode(self, namespace: str, mode: str, timeout: float = 20.0) -> dict[str, Any]:
+        """Move a namespace into or out of ambient mode, live, with no failed request.
+
+        Like Istio's ambient enrolment, nothing restarts: new connections are captured from
+        the moment the node's resolver says so. Into the mesh, the ztunnels get the new config
+        (listeners, certificates) before any resolver hands out their addresses; out of it,
+        the resolvers stop first.
+        """
+        if namespace not in self.state["namespaces"]:
+            raise LabError(f"no namespace '{namespace}' in lab '{self.lab}' "
+                           f"(namespaces: {', '.join(self.state['namespaces'])})")
+        if mode not in ("ambient", "none"):
+            raise LabError(f"mode '{mode}' is not supported yet (sidecar mode arrives with the L7 proxies); "
+                           f"use ambient or none")
+        before = self.state["namespaces"][namespace]["mode"]
+        if before == mode:
+            return {"namespace": namespace, "mode": mode, "changed": False, "version": self.channel.version}
+        self.state["namespaces"][namespace]["mode"] = mode
+        self.state_file.save(self.state)
+        if mode == "ambient":
+            version = self.channel.publish()
+            synced = await self.channel.wait_synced(timeout)
+            await self.push_resolver_tables()
+        else:
+            await self.push_resolver_tables()
+            version = self.channel.publish()
+            synced = await self.channel.wait_synced(timeout)
+        return {"namespace": namespace, "mode": mode, "previous": before, "changed": True, "version": version,
+                "synced": synced}
+
+    async def push_resolver_tables(self) -> None:
+        """Hand every node's resolver its table for the current state (through the node's provider)."""
+        from lab.orchestrator import Lab
+
+        lab = Lab(self.lab)
+        try:
+            await asyncio.gather(*(lab.provider_of(node, self.state).push_config(
+                node, "resolver", mesh.resolver_table(self.state, node)) for node in self.state["nodes"]))
+        finally:
+            await lab.close()
+
     async def run(self) -> None:
         host = channel_address(self.state)
         key, cert = self.ca.issue_server_cert([host])

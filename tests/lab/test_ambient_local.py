@@ -1,0 +1,120 @@
+"""bookinfo in ambient mode on the local provider: mTLS between every workload, end to end."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from lab.controlplane.launch import running_pid
+from lab.providers.proctags import find_tagged
+from lab.state import lab_dir
+
+ROOT = Path(__file__).resolve().parents[2]
+BOOKINFO = ROOT / "topologies" / "bookinfo.yaml"
+
+pytestmark = pytest.mark.slow
+
+
+def meshlab(*args: str, check: bool = True, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    proc = subprocess.run([sys.executable, "-m", "lab.cli.main", *args], capture_output=True, text=True,
+                          timeout=timeout, cwd=ROOT)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"meshlab {' '.join(args)} exited {proc.returncode}\n{proc.stdout}\n{proc.stderr}")
+    return proc
+
+
+def load(*args: str) -> dict:
+    return json.loads(meshlab("load", *args, "--json", "--lab", "bookinfo").stdout)
+
+
+def metrics(address: str) -> list:
+    with urllib.request.urlopen(f"http://{address}:15020/metrics", timeout=5) as r:
+        return [s for fam in text_string_to_metric_families(r.read().decode()) for s in fam.samples]
+
+
+def tcp_total(state: dict, name: str, **labels: str) -> float:
+    """Sum of a ztunnel counter over every node, for samples matching `labels`."""
+    total = 0.0
+    for node in state["nodes"].values():
+        for s in metrics(node["address"]):
+            if s.name == name and all(s.labels.get(k) == v for k, v in labels.items()):
+                total += s.value
+    return total
+
+
+@pytest.fixture(scope="module")
+def ambient_bookinfo():
+    meshlab("up", str(BOOKINFO))
+    out = meshlab("mode", "bookinfo", "ambient")
+    assert "none -> ambient" in out.stdout
+    state = json.loads(meshlab("status", "bookinfo", "--json").stdout)
+    yield state
+    meshlab("down", "bookinfo", check=False)
+
+
+def test_pages_are_served_as_in_mode_none_with_mtls_on_every_hop(ambient_bookinfo) -> None:
+    state = ambient_bookinfo
+    before_tls = tcp_total(state, "istio_tcp_connections_opened_total", reporter="destination",
+                           connection_security_policy="mutual_tls")
+    result = load("productpage:9080/productpage", "-n", "60", "-c", "2", "--count-body", r"reviews-v\d")
+    assert result["codes"] == {"200": 60}
+    assert set(result["body_matches"]) == {"reviews-v1", "reviews-v2", "reviews-v3"}
+    # productpage -> details and -> reviews once per page; reviews v2/v3 -> ratings: every one over HBONE.
+    ratings_calls = result["body_matches"]["reviews-v2"] + result["body_matches"]["reviews-v3"]
+    expected = 60 + 60 + ratings_calls
+    tls = tcp_total(state, "istio_tcp_connections_opened_total", reporter="destination",
+                    connection_security_policy="mutual_tls") - before_tls
+    assert tls == expected
+    edge = tcp_total(state, "istio_tcp_connections_opened_total", reporter="destination",
+                     source_workload="reviews-v2", destination_workload="ratings-v1",
+                     connection_security_policy="mutual_tls",
+                     source_principal="spiffe://cluster.local/ns/bookinfo/sa/bookinfo-reviews")
+    assert edge >= result["body_matches"]["reviews-v2"]
+
+
+def test_proxy_status_and_certificates(ambient_bookinfo) -> None:
+    status = json.loads(meshlab("proxy-status", "--json", "--lab", "bookinfo").stdout)
+    assert {a["node"] for a in status["agents"]} == {"node-1", "node-2", "node-3"}
+    assert {a["status"] for a in status["agents"]} == {"SYNCED"}
+    certs = json.loads(meshlab("certs", "--json", "--lab", "bookinfo").stdout)
+    held = {(c["identity"].rsplit("/", 1)[1], c["holder"]) for c in certs}
+    assert ("bookinfo-reviews", "ztunnel/node-3") in held and ("bookinfo-details", "ztunnel/node-2") in held
+    text = meshlab("proxy-status", "--lab", "bookinfo").stdout
+    assert "SYNCED" in text and "ztunnel" in text
+
+
+def test_killing_the_control_plane_loses_no_request(ambient_bookinfo) -> None:
+    results: dict = {}
+
+    def run() -> None:
+        results["load"] = load("productpage:9080/productpage", "--qps", "20", "-d", "6s", "-c", "2")
+
+    loader = threading.Thread(target=run)
+    loader.start()
+    time.sleep(1.5)
+    pid = running_pid(lab_dir("bookinfo"))
+    assert pid is not None
+    os.kill(pid, signal.SIGKILL)
+    loader.join(60)
+    result = results["load"]
+    assert result["count"] > 60 and result["codes"] == {"200": result["count"]}, result
+    # `up` again restarts the control plane; every agent reconnects and resyncs.
+    meshlab("up", str(BOOKINFO))
+    meshlab("mode", "bookinfo", "ambient")
+    status = json.loads(meshlab("proxy-status", "--json", "--lab", "bookinfo").stdout)
+    assert {a["status"] for a in status["agents"]} == {"SYNCED"}, status
+
+
+def test_down_leaves_no_process_of_the_lab() -> None:
+    meshlab("down", "bookinfo", check=False)
+    assert find_tagged(lab="bookinfo") == []
