@@ -21,6 +21,7 @@ from lab import mesh
 from lab.addressing import allocate_block, block_in_use
 from lab.ca import DEFAULT_TTL, LabCA
 from lab.client import LabClient
+from lab.controlplane import readiness
 from lab.controlplane.daemon import AGENT_CHANNEL_PORT, channel_address, node_tokens
 from lab.controlplane.launch import ensure_control_plane, running_pid
 from lab.errors import LabError, ProvisionError
@@ -192,13 +193,14 @@ async def _bring_up_node(lab: Lab, plan: LabPlan, doc: dict[str, Any], client: L
     agent = provider.agent_command(node)
     ztunnel = ztunnel_process(spec, f"{channel_address(doc)}:{AGENT_CHANNEL_PORT}", agent)
     await provider.start_process(node, ztunnel)
-    # The ztunnel ACKs a config only once it serves it (listeners bound, certificates in hand).
-    answer = await asyncio.to_thread(client.wait_synced, timeout, [f"ztunnel/{node}"])
-    if not answer["synced"]:
-        tail = await provider.logs(node, "ztunnel", tail=5)
-        raise ProvisionError(f"ztunnel of {node} did not sync with the control plane within {timeout:.0f}s:\n"
-                             + "\n".join(f"    | {line}" for line in tail.splitlines()[-5:]))
-    progress("ztunnel", f"{node}: ztunnel ready (HBONE {spec.address}:15008)")
+    if node in readiness.ambient_nodes(doc):
+        # Ambient workloads here: the ztunnel must serve (config applied, certificates in hand) before them.
+        answer = await asyncio.to_thread(client.wait_synced, timeout, [f"ztunnel/{node}"])
+        if not answer["synced"] or await readiness.wait_ready([spec.address], timeout):
+            tail = await provider.logs(node, "ztunnel", tail=5)
+            raise ProvisionError(f"ztunnel of {node} not ready within {timeout:.0f}s:\n"
+                                 + "\n".join(f"    | {line}" for line in tail.splitlines()[-5:]))
+        progress("ztunnel", f"{node}: ztunnel ready (HBONE {spec.address}:15008)")
     await provider.push_config(node, "resolver", mesh.resolver_table(doc, node))
     wanted = {p.name: p for p in plan.processes[node]}
     for running in await provider.list_processes(node):

@@ -114,8 +114,8 @@ def cmd_certs(args: argparse.Namespace, lab: str) -> int:
     if args.json:
         print(json.dumps(answer["certificates"], indent=2))
         return 0
-    rows = [[c["identity"], c["serial"][:16], c["notAfter"][:19], _until(c["notAfter"]), c["holder"],
-             "CA" if c.get("ca_made_key") else "agent"] for c in answer["certificates"]]
+    rows = [[c["identity"], c["serial"][:16], c["notAfter"][:19], _until(c["notAfter"]), c["holder"], c["keyMadeBy"]]
+            for c in answer["certificates"]]
     print(table(["IDENTITY", "SERIAL", "EXPIRES (UTC)", "LEFT", "HELD BY", "KEY MADE BY"], rows))
     return 0
 

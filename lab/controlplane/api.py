@@ -83,7 +83,10 @@ class LabApi:
         return 200, {"results": [list(o) for o in outcomes], "version": self.cp.config_changed()}
 
     async def certs(self, req: ApiRequest) -> tuple[int, Any]:
-        return 200, {"root": self.cp.ca.root_pem.decode(), "certificates": [c.to_json() for c in self.cp.ca.in_use()]}
+        return 200, {"root": self.cp.ca.root_pem.decode(), "certificates": [
+            {"identity": c.identity, "serial": c.serial, "notBefore": c.not_before.isoformat(),
+             "notAfter": c.not_after.isoformat(), "holder": c.holder, "keyMadeBy": "CA" if c.ca_made_key else "agent"}
+            for c in self.cp.ca.in_use()]}
 
     async def issue_cert(self, req: ApiRequest) -> tuple[int, Any]:
         body = req.body or {}

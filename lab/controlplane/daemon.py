@@ -26,6 +26,7 @@ from lab import mesh
 from lab.ca import LabCA, NodeAuthorizer
 from lab.controlplane.api import LabApi
 from lab.controlplane.channel import AgentChannelServer
+from lab.controlplane import readiness
 from lab.controlplane.httpserver import JsonApiServer
 from lab.errors import LabError
 from lab.meshconfig import ConfigStore, to_agent_json
@@ -109,6 +110,7 @@ class ControlPlane:
         (listeners, certificates) before any resolver hands out their addresses; out of it,
         the resolvers stop first.
         """
+        self.state = self.state_file.load()  # `up` may have rewritten it since
         if namespace not in self.state["namespaces"]:
             raise LabError(f"no namespace '{namespace}' in lab '{self.lab}' "
                            f"(namespaces: {', '.join(self.state['namespaces'])})")
@@ -120,14 +122,21 @@ class ControlPlane:
             return {"namespace": namespace, "mode": mode, "changed": False, "version": self.channel.version}
         self.state["namespaces"][namespace]["mode"] = mode
         self.state_file.save(self.state)
+        every_ztunnel = [f"ztunnel/{node}" for node in self.state["nodes"]]
         if mode == "ambient":
             version = self.channel.publish()
-            synced = await self.channel.wait_synced(timeout)
+            synced = await self.channel.wait_synced(timeout, every_ztunnel)
+            nodes = [self.state["nodes"][n]["address"] for n in readiness.ambient_nodes(self.state)]
+            not_ready = await readiness.wait_ready(nodes, timeout)
+            if not_ready:
+                raise LabError(f"ztunnels at {', '.join(not_ready)} are not ready after {timeout:.0f}s; "
+                               f"namespace {namespace} stays enrolled, but callers keep going direct "
+                               f"(see `meshlab logs NODE/ztunnel`)")
             await self.push_resolver_tables()
         else:
             await self.push_resolver_tables()
             version = self.channel.publish()
-            synced = await self.channel.wait_synced(timeout)
+            synced = await self.channel.wait_synced(timeout, every_ztunnel)
         return {"namespace": namespace, "mode": mode, "previous": before, "changed": True, "version": version,
                 "synced": synced}
 

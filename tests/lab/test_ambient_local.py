@@ -91,6 +91,8 @@ def test_proxy_status_and_certificates(ambient_bookinfo) -> None:
     assert ("bookinfo-reviews", "ztunnel/node-3") in held and ("bookinfo-details", "ztunnel/node-2") in held
     text = meshlab("proxy-status", "--lab", "bookinfo").stdout
     assert "SYNCED" in text and "ztunnel" in text
+    text = meshlab("certs", "--lab", "bookinfo").stdout
+    assert "spiffe://cluster.local/ns/bookinfo/sa/bookinfo-ratings" in text and "ztunnel/node-3" in text
 
 
 def test_killing_the_control_plane_loses_no_request(ambient_bookinfo) -> None:
