@@ -34,7 +34,8 @@ def cmd_apply(args: argparse.Namespace, lab: str) -> int:
     else:
         for kind, ref, outcome in answer["results"]:
             print(f"{kind.lower()}/{ref} {outcome}")
-        print(f"config version {answer['version']}")
+        print(f"config version {answer['version']}"
+              + ("" if answer.get("synced", True) else " (not every agent has it yet: see `meshlab proxy-status`)"))
     return 0
 
 

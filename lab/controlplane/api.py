@@ -62,7 +62,11 @@ class LabApi:
             objects += parse_config(doc["text"], doc.get("source", "<api>"))
         outcomes = self.cp.store.apply(objects)
         version = self.cp.config_changed() if any(o[2] != "unchanged" for o in outcomes) else self.cp.channel.version
-        return 200, {"results": [list(o) for o in outcomes], "version": version}
+        return 200, {"results": [list(o) for o in outcomes], "version": version, "synced": await self._synced(body)}
+
+    async def _synced(self, body: dict[str, Any]) -> bool:
+        """Wait (briefly) until every agent runs the new version, so what a user does next sees it."""
+        return await self.cp.channel.wait_synced(float(body.get("waitSeconds", 5)))
 
     async def get_config(self, req: ApiRequest) -> tuple[int, Any]:
         kind = resolve_kind(req.query["kind"]) if req.query.get("kind") else None
@@ -80,7 +84,8 @@ class LabApi:
         else:
             outcomes = store.delete(resolve_kind(body["kind"]), body["name"], body.get("namespace") or "default",
                                     missing_ok=bool(body.get("missingOk")))
-        return 200, {"results": [list(o) for o in outcomes], "version": self.cp.config_changed()}
+        version = self.cp.config_changed()
+        return 200, {"results": [list(o) for o in outcomes], "version": version, "synced": await self._synced(body)}
 
     async def certs(self, req: ApiRequest) -> tuple[int, Any]:
         return 200, {"root": self.cp.ca.root_pem.decode(), "certificates": [
