@@ -91,3 +91,17 @@ class LabClient:
 
     def set_mode(self, namespace: str, mode: str) -> dict[str, Any]:
         return self.call("POST", "/v1/mode", {"namespace": namespace, "mode": mode})
+
+    def nodes(self) -> dict[str, Any]:
+        """The lab's state with what each node reports now (processes, restarts)."""
+        return self.call("GET", "/v1/nodes")
+
+    def traffic(self) -> dict[str, Any]:
+        """Per-edge traffic: totals from every agent's metrics, and rates since the previous call."""
+        return self.call("GET", "/v1/traffic")
+
+    def logs(self, node: str, process: str, tail: int = 100) -> dict[str, Any]:
+        return self.call("GET", "/v1/logs", query={"node": node, "process": process, "tail": str(tail)})
+
+    def events(self, since: float = 0.0) -> dict[str, Any]:
+        return self.call("GET", "/v1/events", query={"since": str(since)})

@@ -61,7 +61,8 @@ class LabApi:
         for doc in body.get("documents", []):  # every file is parsed before anything is applied
             objects += parse_config(doc["text"], doc.get("source", "<api>"))
         outcomes = self.cp.store.apply(objects)
-        version = self.cp.config_changed() if any(o[2] != "unchanged" for o in outcomes) else self.cp.channel.version
+        changed = [f"{kind.lower()}/{ref} {outcome}" for kind, ref, outcome in outcomes if outcome != "unchanged"]
+        version = self.cp.config_changed("applied " + ", ".join(changed)) if changed else self.cp.channel.version
         return 200, {"results": [list(o) for o in outcomes], "version": version, "synced": await self._synced(body)}
 
     async def _synced(self, body: dict[str, Any]) -> bool:
@@ -84,7 +85,7 @@ class LabApi:
         else:
             outcomes = store.delete(resolve_kind(body["kind"]), body["name"], body.get("namespace") or "default",
                                     missing_ok=bool(body.get("missingOk")))
-        version = self.cp.config_changed()
+        version = self.cp.config_changed("deleted " + ", ".join(f"{k.lower()}/{r}" for k, r, _ in outcomes))
         return 200, {"results": [list(o) for o in outcomes], "version": version, "synced": await self._synced(body)}
 
     async def certs(self, req: ApiRequest) -> tuple[int, Any]:
@@ -104,7 +105,37 @@ class LabApi:
         body = req.body or {}
         return 200, await self.cp.set_mode(str(body.get("namespace")), str(body.get("mode")))
 
+    async def nodes(self, req: ApiRequest) -> tuple[int, Any]:
+        from lab import orchestrator
+
+        return 200, await orchestrator.status(self.cp.lab)
+
+    async def traffic(self, req: ApiRequest) -> tuple[int, Any]:
+        addresses = [n["address"] for n in self.cp.state["nodes"].values()]
+        return 200, await self.cp.traffic.snapshot(addresses)
+
+    async def logs(self, req: ApiRequest) -> tuple[int, Any]:
+        from lab.orchestrator import Lab
+
+        node, process = req.query.get("node", ""), req.query.get("process", "")
+        if node not in self.cp.state["nodes"]:
+            return 404, {"error": f"no node '{node}' (nodes: {', '.join(self.cp.state['nodes'])})"}
+        lab = Lab(self.cp.lab)
+        try:
+            text = await lab.provider_of(node, self.cp.state).logs(node, process, tail=int(req.query.get("tail", 100)))
+        finally:
+            await lab.close()
+        return 200, {"node": node, "process": process, "text": text}
+
+    async def events(self, req: ApiRequest) -> tuple[int, Any]:
+        since = float(req.query.get("since", 0))
+        return 200, {"events": [e for e in self.cp.events if e["time"] > since]}
+
     ROUTES = {
+        ("GET", "/v1/nodes"): nodes,
+        ("GET", "/v1/traffic"): traffic,
+        ("GET", "/v1/logs"): logs,
+        ("GET", "/v1/events"): events,
         ("POST", "/v1/mode"): set_mode,
         ("GET", "/v1/status"): status,
         ("GET", "/v1/proxy-status"): proxy_status,

@@ -10,6 +10,7 @@ the agents, which kept serving meanwhile, resync on reconnect.
 from __future__ import annotations
 
 import asyncio
+import collections
 import json
 import logging
 import os
@@ -28,6 +29,7 @@ from lab.controlplane.api import LabApi
 from lab.controlplane.channel import AgentChannelServer
 from lab.controlplane import readiness
 from lab.controlplane.httpserver import JsonApiServer
+from lab.controlplane.telemetry import TrafficView
 from lab.errors import LabError
 from lab.meshconfig import ConfigStore, to_agent_json
 from lab.state import LabState, atomic_write, lab_dir
@@ -77,6 +79,14 @@ class ControlPlane:
         self.channel = AgentChannelServer(node_tokens(self.dir, list(self.state["nodes"])), self.snapshot_for,
                                           self.sign, self.ttl)
         self._authorizer = NodeAuthorizer(mesh.node_identities(self.state))
+        self.traffic = TrafficView()
+        self.events: collections.deque[dict[str, Any]] = collections.deque(maxlen=500)
+        self.event("control plane started")
+
+    def event(self, message: str, **fields: Any) -> None:
+        """Something a person watching the lab should see (mode switched, config applied, ...)."""
+        self.events.append({"time": time.time(), "message": message, **fields})
+        log.info("%s", message)
 
     @property
     def ttl(self) -> timedelta:
@@ -99,8 +109,10 @@ class ControlPlane:
         self._authorizer = NodeAuthorizer(mesh.node_identities(self.state))
         return self.channel.publish()
 
-    def config_changed(self) -> int:
-        return self.channel.publish()
+    def config_changed(self, what: str = "mesh config changed") -> int:
+        version = self.channel.publish()
+        self.event(f"{what} (config version {version})")
+        return version
 
     async def set_mode(self, namespace: str, mode: str, timeout: float = 20.0) -> dict[str, Any]:
         """Move a namespace into or out of ambient mode, live, with no failed request.
@@ -137,6 +149,7 @@ class ControlPlane:
             await self.push_resolver_tables()
             version = self.channel.publish()
             synced = await self.channel.wait_synced(timeout, every_ztunnel)
+        self.event(f"namespace {namespace}: mode {before} -> {mode} (config version {version})")
         return {"namespace": namespace, "mode": mode, "previous": before, "changed": True, "version": version,
                 "synced": synced}
 

@@ -117,6 +117,27 @@ def test_killing_the_control_plane_loses_no_request(ambient_bookinfo) -> None:
     assert {a["status"] for a in status["agents"]} == {"SYNCED"}, status
 
 
+
+
+def test_lab_api_serves_traffic_nodes_logs_and_events(ambient_bookinfo) -> None:
+    from lab.client import LabClient
+
+    client = LabClient("bookinfo")
+    client.traffic()
+    load("productpage:9080/productpage", "-n", "20", "-c", "1")
+    traffic = client.traffic()
+    assert traffic["scraped"] == 3
+    edges = {(e["source"], e["destination"]): e for e in traffic["edges"]}
+    edge = edges[("productpage-v1", "details-v1")]
+    assert edge["security"] == "mutual_tls" and edge["service"].startswith("details.bookinfo")
+    assert edge["connectionsOpened"] >= 20 and edge["rates"]["connectionsOpenedPerSecond"] > 0
+    nodes = client.nodes()
+    assert {p["name"] for p in nodes["nodes"]["node-3"]["processes"]} >= {"ztunnel", "ratings-v1"}
+    logs = client.logs("node-3", "ratings-v1", tail=5)["text"]
+    assert "GET /ratings/" in logs
+    assert any("ambient" in e["message"] for e in client.events()["events"])
+
+
 def test_down_leaves_no_process_of_the_lab() -> None:
     meshlab("down", "bookinfo", check=False)
     assert find_tagged(lab="bookinfo") == []
