@@ -105,3 +105,13 @@ class LabClient:
 
     def events(self, since: float = 0.0) -> dict[str, Any]:
         return self.call("GET", "/v1/events", query={"since": str(since)})
+
+    def start_load(self, target: str, **options: Any) -> dict[str, Any]:
+        """Start a bounded load run (options: from, qps, connections, duration, n, headers); returns the run."""
+        return self.call("POST", "/v1/loads", {"target": target, **options})
+
+    def loads(self) -> dict[str, Any]:
+        return self.call("GET", "/v1/loads")
+
+    def stop_load(self, run_id: str) -> dict[str, Any]:
+        return self.call("POST", "/v1/loads/stop", {"id": run_id})

@@ -22,7 +22,8 @@ from lab.addressing import allocate_block, block_in_use
 from lab.ca import DEFAULT_TTL, LabCA
 from lab.client import LabClient
 from lab.controlplane import readiness
-from lab.controlplane.daemon import AGENT_CHANNEL_PORT, channel_address, node_tokens
+from lab.controlplane.bootstrap import AGENT_CHANNEL_PORT, channel_address, node_tokens
+from lab.handle import Lab, load_origin
 from lab.controlplane.launch import ensure_control_plane, running_pid
 from lab.errors import LabError, ProvisionError
 from lab.plan import RESOLVER_PORT, LabPlan, plan_lab, ztunnel_process
@@ -52,28 +53,6 @@ def used_blocks(except_lab: str) -> set[str]:
         except (LabError, KeyError):
             continue
     return used
-
-
-class Lab:
-    """A lab addressed by name: its state and one provider instance per provider it uses."""
-
-    def __init__(self, name: str) -> None:
-        self.name = name
-        self.dir = lab_dir(name)
-        self.state = LabState(name)
-        self._providers: dict[str, Provider] = {}
-
-    def provider(self, kind: str) -> Provider:
-        if kind not in self._providers:
-            self._providers[kind] = provider_class(kind)(self.name, self.dir)
-        return self._providers[kind]
-
-    def provider_of(self, node: str, state: dict[str, Any]) -> Provider:
-        return self.provider(state["nodes"][node]["provider"])
-
-    async def close(self) -> None:
-        for p in self._providers.values():
-            await p.close()
 
 
 def _state_document(plan: LabPlan, source: str, status: str, previous: dict[str, Any] | None) -> dict[str, Any]:
@@ -321,7 +300,7 @@ async def exec_load(name: str, target: str, source: str | None, args: list[str])
     """Run the load generator on a node of the lab, as the workload `source` (or on node `source`)."""
     lab = Lab(name)
     doc = lab.state.load()
-    node, env = _load_origin(doc, source)
+    node, env = load_origin(doc, source)
     provider = lab.provider_of(node, doc)
     try:
         argv = [*provider.agent_command(node), "loadgen", target, "--json", *args]
@@ -335,22 +314,3 @@ async def exec_load(name: str, target: str, source: str | None, args: list[str])
         return json.loads(result.stdout)
     except ValueError:
         raise LabError(f"load generator printed no JSON: {result.stdout[:200]!r}") from None
-
-
-def _load_origin(doc: dict[str, Any], source: str | None) -> tuple[str, dict[str, str]]:
-    """Which node the load runs on and the mesh environment it runs with."""
-    workloads, nodes = doc["workloads"], doc["nodes"]
-    if source is None:  # a client workload if there is one, else the first node
-        clients = [w for w, v in workloads.items() if not v.get("service")]
-        source = clients[0] if clients else next(iter(nodes))
-    if source in workloads:
-        w = workloads[source]
-        env = {"MESH_NAMESPACE": w["namespace"], "MESHLAB_WORKLOAD": source, "MESH_BIND_ADDR": w["address"]}
-        node = w["node"]
-    elif source in nodes:
-        node, env = source, {}
-    else:
-        raise LabError(f"--from: no workload or node named '{source}' in lab '{doc['lab']}' "
-                       f"(workloads: {', '.join(workloads)}; nodes: {', '.join(nodes)})")
-    env["MESH_RESOLVER"] = f"{nodes[node]['address']}:{RESOLVER_PORT}"
-    return node, env

@@ -46,8 +46,8 @@ from agents.hbone import frames as fr
 from agents.hbone.stream import HboneError, Tunnel
 from agents.hbone.tls import TlsChannel
 
-STREAM_WINDOW = 4 << 20        # per stream: what one slow tunnel may buffer here
-CONNECTION_WINDOW = 16 << 20   # per connection
+STREAM_WINDOW = 8 << 20        # per stream: what one slow tunnel may buffer here
+CONNECTION_WINDOW = 32 << 20   # per connection
 RECV_BUFFER = 1 << 20
 MIN_PIECE = 128 << 10          # DATA is handed on in pieces of at least this (or whole frames)
 MAX_HEADER_LIST = 64 << 10

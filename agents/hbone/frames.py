@@ -226,9 +226,10 @@ class InboundWindow:
 
     `received(n)` books flow-controlled bytes as they arrive (an error if the peer
     overran the window we granted); `consumed(n)` books bytes handed on, and returns
-    the WINDOW_UPDATE increment to send now (0 = wait). Updates are batched until a
-    quarter of the window is free again: a peer blocked on a full window always gets
-    one, and bulk transfers cost one small frame per quarter window.
+    the WINDOW_UPDATE increment to send now (0 = wait). Updates are batched until half
+    the window is free again: a peer blocked on a full window always gets one, the
+    peer still has half a window in flight meanwhile, and a bulk transfer costs one
+    small frame (and one wake-up of the peer's sender) per half window.
     """
 
     size: int
@@ -242,7 +243,7 @@ class InboundWindow:
 
     def consumed(self, n: int) -> int:
         self.pending += n
-        if self.pending >= self.size >> 2:
+        if self.pending >= self.size >> 1:
             increment, self.pending = self.pending, 0
             self.outstanding -= increment
             return increment

@@ -94,7 +94,7 @@ def load_report(doc: dict[str, Any]) -> str:
 async def show_logs(lab: str, process: str, tail: int, follow: bool) -> int:
     """Print the log of `[node/]process`; with `follow`, keep printing what is appended."""
     from lab.errors import LabError
-    from lab.orchestrator import Lab
+    from lab.handle import Lab
 
     handle = Lab(lab)
     doc = handle.state.load()

@@ -115,7 +115,7 @@ class LabApi:
         return 200, await self.cp.traffic.snapshot(addresses)
 
     async def logs(self, req: ApiRequest) -> tuple[int, Any]:
-        from lab.orchestrator import Lab
+        from lab.handle import Lab
 
         node, process = req.query.get("node", ""), req.query.get("process", "")
         if node not in self.cp.state["nodes"]:
@@ -131,7 +131,22 @@ class LabApi:
         since = float(req.query.get("since", 0))
         return 200, {"events": [e for e in self.cp.events if e["time"] > since]}
 
+    async def start_load(self, req: ApiRequest) -> tuple[int, Any]:
+        run = await self.cp.loads.start(self.cp.state, req.body or {})
+        self.cp.event(f"load run {run.id} started: {run.target} from {run.node}")
+        return 200, run.to_json()
+
+    async def list_loads(self, req: ApiRequest) -> tuple[int, Any]:
+        return 200, {"runs": [r.to_json() for r in await self.cp.loads.refresh(self.cp.state)]}
+
+    async def stop_load(self, req: ApiRequest) -> tuple[int, Any]:
+        run = await self.cp.loads.stop(self.cp.state, str((req.body or {}).get("id")))
+        return 200, run.to_json()
+
     ROUTES = {
+        ("POST", "/v1/loads"): start_load,
+        ("GET", "/v1/loads"): list_loads,
+        ("POST", "/v1/loads/stop"): stop_load,
         ("GET", "/v1/nodes"): nodes,
         ("GET", "/v1/traffic"): traffic,
         ("GET", "/v1/logs"): logs,

@@ -14,7 +14,6 @@ import collections
 import json
 import logging
 import os
-import secrets
 import signal
 import ssl
 import tempfile
@@ -26,44 +25,17 @@ from typing import Any
 from lab import mesh
 from lab.ca import LabCA, NodeAuthorizer
 from lab.controlplane.api import LabApi
+from lab.controlplane.bootstrap import AGENT_CHANNEL_PORT, api_token, channel_address, node_tokens
 from lab.controlplane.channel import AgentChannelServer
 from lab.controlplane import readiness
 from lab.controlplane.httpserver import JsonApiServer
+from lab.controlplane.loads import LoadRuns
 from lab.controlplane.telemetry import TrafficView
 from lab.errors import LabError
 from lab.meshconfig import ConfigStore, to_agent_json
 from lab.state import LabState, atomic_write, lab_dir
 
 log = logging.getLogger("meshlab.controlplane")
-
-AGENT_CHANNEL_PORT = 15012
-
-
-def channel_address(state: dict[str, Any]) -> str:
-    """Where agents reach the control plane: `.0.1` of the lab's block (local provider)."""
-    base = state["block"].split("/")[0].rsplit(".", 2)[0]
-    return f"{base}.0.1"
-
-
-def api_token(lab_path: Path) -> str:
-    """The lab API's bearer token, made on first use (mode 0600)."""
-    path = lab_path / "api-token"
-    if not path.exists():
-        atomic_write(path, secrets.token_urlsafe(24), mode=0o600)
-    return path.read_text().strip()
-
-
-def node_tokens(lab_path: Path, nodes: list[str]) -> dict[str, str]:
-    """Each node's bootstrap token for the agent channel, made on first use (mode 0600)."""
-    path = lab_path / "tokens.json"
-    tokens: dict[str, str] = json.loads(path.read_text()) if path.exists() else {}
-    missing = [n for n in nodes if n not in tokens]
-    for n in missing:
-        tokens[n] = secrets.token_urlsafe(24)
-    if missing or not path.exists():
-        atomic_write(path, json.dumps(tokens, indent=2), mode=0o600)
-    return tokens
-
 
 class ControlPlane:
     """Holds the lab's state and serves agents and clients from it."""
@@ -80,6 +52,7 @@ class ControlPlane:
                                           self.sign, self.ttl)
         self._authorizer = NodeAuthorizer(mesh.node_identities(self.state))
         self.traffic = TrafficView()
+        self.loads = LoadRuns(lab)
         self.events: collections.deque[dict[str, Any]] = collections.deque(maxlen=500)
         self.event("control plane started")
 
@@ -155,7 +128,7 @@ class ControlPlane:
 
     async def push_resolver_tables(self) -> None:
         """Hand every node's resolver its table for the current state (through the node's provider)."""
-        from lab.orchestrator import Lab
+        from lab.handle import Lab
 
         lab = Lab(self.lab)
         try:

@@ -141,6 +141,12 @@ class Provider(abc.ABC):
     @abc.abstractmethod
     async def list_processes(self, node: str) -> list[ProcessStatus]: ...
 
+    async def signal_process(self, node: str, name: str, signal: int) -> None:
+        """Send a signal to a supervised process (SIGTERM ends a load run early, SIGSTOP pauses an agent)."""
+        from lab.errors import ProviderNotSupported
+
+        raise ProviderNotSupported(f"the {self.name} provider cannot signal processes")
+
     @abc.abstractmethod
     async def logs(self, node: str, name: str, tail: int = 100) -> str: ...
 

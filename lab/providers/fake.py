@@ -122,6 +122,9 @@ class FakeProvider(Provider):
         self._process(node, name)
         del self._node(node).processes[name]
 
+    async def signal_process(self, node: str, name: str, signal: int) -> None:
+        self._process(node, name).log.append(f"signal {signal}")
+
     async def list_processes(self, node: str) -> list[ProcessStatus]:
         return [p.status() for _, p in sorted(self._node(node).processes.items())]
 

@@ -279,6 +279,9 @@ class LocalProvider(Provider):
     async def stop_process(self, node: str, name: str) -> None:
         await self._call(node, "stop", name=name, timeout=STOP_TIMEOUT)
 
+    async def signal_process(self, node: str, name: str, signal: int) -> None:
+        await self._call(node, "signal", name=name, signal=signal)
+
     async def list_processes(self, node: str) -> list[ProcessStatus]:
         answer = await self._call(node, "list")
         return [ProcessStatus(name=p["name"], state=p["state"], pid=p.get("pid"), restarts=p.get("restarts", 0),

@@ -182,8 +182,8 @@ def test_frames_written_by_hand_are_what_hyperframe_writes() -> None:
 def test_inbound_window_batches_updates_and_catches_overruns() -> None:
     window = fr.InboundWindow(1000)
     window.received(600)
-    assert window.consumed(100) == 0 and window.consumed(150) == 250  # a quarter of the window
-    window.received(650)
+    assert window.consumed(300) == 0 and window.consumed(200) == 500  # half the window
+    window.received(900)
     with pytest.raises(fr.ConnectionError_):
         window.received(1)
 

@@ -138,6 +138,25 @@ def test_lab_api_serves_traffic_nodes_logs_and_events(ambient_bookinfo) -> None:
     assert any("ambient" in e["message"] for e in client.events()["events"])
 
 
+def test_load_runs_through_the_api_can_be_stopped(ambient_bookinfo) -> None:
+    from lab.client import LabClient
+
+    client = LabClient("bookinfo")
+    short = client.start_load("productpage:9080/productpage", qps=20, duration="1s")
+    long = client.start_load("productpage:9080/productpage", qps=5, duration="60s")
+    time.sleep(2.5)
+    client.stop_load(long["id"])
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        runs = {r["id"]: r for r in client.loads()["runs"]}
+        if runs[short["id"]]["state"] == "done" and runs[long["id"]]["state"] == "stopped":
+            break
+        time.sleep(0.3)
+    assert runs[short["id"]]["state"] == "done", runs
+    assert runs[short["id"]]["result"]["codes"] == {"200": runs[short["id"]]["result"]["count"]}
+    assert runs[long["id"]]["state"] == "stopped" and 5 <= runs[long["id"]]["result"]["count"] < 100
+
+
 def test_down_leaves_no_process_of_the_lab() -> None:
     meshlab("down", "bookinfo", check=False)
     assert find_tagged(lab="bookinfo") == []

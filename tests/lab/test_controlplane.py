@@ -14,7 +14,7 @@ import pytest
 from agents.common.certs import cert_info, make_key_and_csr
 from agents.common.channel import AgentChannel, ChannelError
 from lab.client import LabApiError, LabClient
-from lab.controlplane.daemon import node_tokens
+from lab.controlplane.bootstrap import node_tokens
 from lab.controlplane.launch import ensure_control_plane, running_pid
 from lab.orchestrator import _state_document
 from lab.plan import plan_lab
