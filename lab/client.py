@@ -115,3 +115,7 @@ class LabClient:
 
     def stop_load(self, run_id: str) -> dict[str, Any]:
         return self.call("POST", "/v1/loads/stop", {"id": run_id})
+
+    def usage(self) -> dict[str, Any]:
+        """RSS and CPU of every process on every node, with its role."""
+        return self.call("GET", "/v1/usage")

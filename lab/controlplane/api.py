@@ -127,6 +127,27 @@ class LabApi:
             await lab.close()
         return 200, {"node": node, "process": process, "text": text}
 
+    async def usage(self, req: ApiRequest) -> tuple[int, Any]:
+        """RSS and CPU seconds of every process on every node, with its role (ztunnel, workload, ...)."""
+        from lab.handle import Lab
+
+        lab = Lab(self.cp.lab)
+        out = []
+        try:
+            for node in self.cp.state["nodes"]:
+                provider = lab.provider_of(node, self.cp.state)
+                try:
+                    roles = {p.name: p.labels.get("role", "") for p in await provider.list_processes(node)}
+                    usage = await provider.resource_usage(node)
+                except LabError as e:
+                    out.append({"node": node, "error": str(e)})
+                    continue
+                out += [{"node": node, "process": name, "role": roles.get(name, ""), "pid": u.pid,
+                         "rssBytes": u.rss_bytes, "cpuSeconds": u.cpu_seconds} for name, u in sorted(usage.items())]
+        finally:
+            await lab.close()
+        return 200, {"processes": out}
+
     async def events(self, req: ApiRequest) -> tuple[int, Any]:
         since = float(req.query.get("since", 0))
         return 200, {"events": [e for e in self.cp.events if e["time"] > since]}
@@ -151,6 +172,7 @@ class LabApi:
         ("GET", "/v1/traffic"): traffic,
         ("GET", "/v1/logs"): logs,
         ("GET", "/v1/events"): events,
+        ("GET", "/v1/usage"): usage,
         ("POST", "/v1/mode"): set_mode,
         ("GET", "/v1/status"): status,
         ("GET", "/v1/proxy-status"): proxy_status,
