@@ -45,13 +45,18 @@ def _host(block: str, index: int, host: int) -> str:
     return str(net.network_address + (index + 1) * 256 + host)
 
 
-def block_in_use(block: str, port: int) -> bool:
-    """Whether something on this machine (a lab of another MESHLAB_HOME) already serves the block's first node."""
-    with socket.socket() as s:
-        try:
-            s.bind((node_address(block, 0), port))
-        except OSError:
-            return True
+def block_in_use(block: str, probes: list[tuple[int, int]]) -> bool:
+    """Whether something on this machine (a lab of another MESHLAB_HOME) already serves the block.
+
+    `probes` are (host number in the block, port) pairs, e.g. the control plane's and a node's.
+    """
+    net = ipaddress.ip_network(block)
+    for host, port in probes:
+        with socket.socket() as s:
+            try:
+                s.bind((str(net.network_address + host), port))
+            except OSError:
+                return True
     return False
 
 

@@ -91,6 +91,11 @@ def _workload_ports(topo: Topology, w: Any) -> list[int]:
     return [sp.workload_port for sp in topo.service(w.service, w.namespace).ports]
 
 
+def _block_taken(block: str) -> bool:
+    """A block some other lab on this machine serves: its control plane (.0.1) or its first node (.1.1)."""
+    return block_in_use(block, [(1, AGENT_CHANNEL_PORT), (257, RESOLVER_PORT)])
+
+
 async def up(topology: Topology, *, provider: str | None = None, progress: Progress = _noop,
              timeout: float = READY_TIMEOUT, cert_ttl: float | None = None) -> dict[str, Any]:
     """Bring the lab of `topology` up (or reconcile it) and wait until every workload is ready."""
@@ -100,7 +105,7 @@ async def up(topology: Topology, *, provider: str | None = None, progress: Progr
     lab = Lab(topology.name)
     previous = lab.state.load() if lab.state.exists() else None
     block = ((previous or {}).get("block") or topology.address_block
-             or allocate_block(used_blocks(lab.name), lambda b: block_in_use(b, RESOLVER_PORT)))
+             or allocate_block(used_blocks(lab.name), _block_taken))
     lab.dir.mkdir(parents=True, exist_ok=True)
     (lab.dir / "logs").mkdir(exist_ok=True)
     pyz = build_agent_zipapp(lab.dir / "agents.pyz")
