@@ -1,78 +1,98 @@
-"""A first terminal UI: the lab's workloads and their state, refreshed live.
+"""The meshlab terminal UI: attach to a lab (or bring one up), then watch and change its mesh live.
 
-This is the placeholder of the TUI issue: it shows what `meshlab status` shows.
-It reaches the lab only through the `meshlab` CLI's JSON output (the lab API
-arrives with the control plane), so it never imports `lab` internals.
+The TUI is a client of the lab API only (`lab.client`, `lab.errors`): it runs
+every call in a thread so the screen keeps painting while the lab answers, and
+shows every lab error as a message, never as a traceback.
 """
 
 from __future__ import annotations
 
-import asyncio
-import json
-import sys
-from typing import Any
+import time
+from collections.abc import Callable, Iterable
+from functools import partial
+from pathlib import Path
 
-from textual.app import App, ComposeResult
+from textual.app import App, SystemCommand
 from textual.binding import Binding
-from textual.widgets import DataTable, Footer, Header, Static
+from textual.screen import Screen
 
-
-async def fetch_status(lab: str | None) -> dict[str, Any]:
-    """`meshlab status --json` as a dict; raises RuntimeError with the CLI's message on failure."""
-    argv = [sys.executable, "-m", "lab.cli.main", "status", "--json"] + ([lab] if lab else [])
-    proc = await asyncio.create_subprocess_exec(*argv, stdout=asyncio.subprocess.PIPE,
-                                                stderr=asyncio.subprocess.PIPE)
-    out, err = await proc.communicate()
-    if proc.returncode != 0:
-        raise RuntimeError(err.decode().strip() or f"meshlab status exited {proc.returncode}")
-    return json.loads(out)
+from lab.client import LabClient
+from tui.actions import MAIN_ACTIONS, MeshAction
+from tui.connection import ClientFactory, LabConnection
+from tui.labs import providers, running_labs, topologies
+from tui.screens.help import HelpScreen
+from tui.screens.main import MainScreen
+from tui.screens.start import LabReady, StartScreen
 
 
 class MeshLabApp(App[int]):
-    """Workloads of one lab with their node, address and process state."""
+    """One lab's mesh: the start screen when there is none to attach to, else the main screen."""
 
     TITLE = "meshlab"
-    BINDINGS = [Binding("q", "quit", "Quit"), Binding("r", "refresh", "Refresh")]
-    CSS = "#message { height: auto; padding: 0 1; color: $warning; }"
+    CSS_PATH = ["styles/app.tcss", "styles/dialogs.tcss", "styles/details.tcss"]
+    BINDINGS = [
+        Binding("f1", "help", "Help"),
+        Binding("question_mark", "help", "Help", show=False),
+        Binding("q", "quit", "Quit"),
+    ]
 
-    def __init__(self, lab: str | None = None) -> None:
+    def __init__(self, lab: str | None = None, *, factory: ClientFactory = LabClient, poll_seconds: float = 1.0,
+                 clock: Callable[[], float] = time.time, topology_dirs: list[Path] | None = None,
+                 docker_missing: str | None = None) -> None:
         super().__init__()
         self.lab = lab
-
-    def compose(self) -> ComposeResult:
-        yield Header()
-        yield Static("", id="message")
-        yield DataTable(id="workloads", cursor_type="row")
-        yield Footer()
+        self.factory = factory
+        self.poll_seconds = poll_seconds
+        self.clock = clock
+        self.topology_dirs = topology_dirs
+        self.docker_missing = docker_missing
+        self.main_screen: MainScreen | None = None
 
     def on_mount(self) -> None:
-        table = self.query_one(DataTable)
-        table.add_columns("workload", "namespace", "service", "version", "node", "address", "state", "restarts")
-        self.action_refresh()
-        self.set_interval(2.0, self.action_refresh)
+        running = running_labs()
+        lab = self.lab or (running[0] if len(running) == 1 else None)
+        if lab:
+            self.attach(lab)
+        else:
+            note = f"{len(running)} labs are running: pick one, or bring up another." if running else ""
+            self.push_screen(StartScreen(topologies(self.topology_dirs), providers(self.docker_missing), running, note))
 
-    def action_refresh(self) -> None:
-        self.run_worker(self._refresh(), exclusive=True)
+    def attach(self, lab: str) -> None:
+        """Open the main screen on `lab` (in place of the start screen, if that is showing)."""
+        self.lab = lab
+        self.main_screen = MainScreen(LabConnection(lab, self.factory), self.poll_seconds, self.clock)
+        if isinstance(self.screen, StartScreen):
+            self.switch_screen(self.main_screen)
+        else:
+            self.push_screen(self.main_screen)
 
-    async def _refresh(self) -> None:
-        message = self.query_one("#message", Static)
-        try:
-            doc = await fetch_status(self.lab)
-        except (RuntimeError, ValueError) as e:
-            message.update(f"lab unavailable: {e}")
+    def on_lab_ready(self, message: LabReady) -> None:
+        self.attach(message.lab)
+
+    def action_help(self) -> None:
+        if not isinstance(self.screen, HelpScreen):
+            self.push_screen(HelpScreen())
+
+    def get_system_commands(self, screen: Screen[object]) -> Iterable[SystemCommand]:
+        """The command palette: every main-screen action by name (with its key), then Textual's own."""
+        if self.main_screen is not None:
+            for a in MAIN_ACTIONS:
+                yield SystemCommand(a.title, f"{a.help}  [key {a.key}]", partial(self.run_main_action, a))
+        yield SystemCommand("Help", "Show every key  [key f1 or ?]", self.action_help)
+        yield from super().get_system_commands(screen)
+
+    def run_main_action(self, action: MeshAction) -> None:
+        """Run a main-screen action from the palette, whatever screen is on top."""
+        if self.main_screen is None:
+            self.notify("attach to a lab first", severity="warning")
             return
-        self.sub_title = f"lab {doc['lab']} · {doc['status']} · {len(doc['nodes'])} nodes"
-        message.update("")
-        procs = {p["name"]: p for n in doc["nodes"].values() for p in n.get("processes", [])}
-        table = self.query_one(DataTable)
-        table.clear()
-        for name, w in doc["workloads"].items():
-            p = procs.get(name)
-            table.add_row(name, w["namespace"], w["service"] or "-", w["version"], w["node"],
-                          f"{w['address']}:{w['port']}" if w["port"] else w["address"],
-                          p["state"] if p else "missing", str(p["restarts"]) if p else "")
+        while self.screen is not self.main_screen and len(self.screen_stack) > 1 \
+                and self.main_screen in self.screen_stack:
+            self.pop_screen()
+        self.main_screen.run_action(action.action)
 
 
 def run(lab: str | None = None) -> int:
+    """`meshlab tui`: run the app until the user quits."""
     MeshLabApp(lab).run()
     return 0

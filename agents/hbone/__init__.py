@@ -8,14 +8,15 @@ The transport the ztunnel, the waypoint and the sidecar share:
 * `pipe` / `pipe_socket` move a tunnel's bytes to and from a TCP connection;
 * `tls` makes the contexts and names identities in SNI.
 
-Layout: frames.py (sans-IO framing and flow control), connection.py (one
-HTTP/2 connection and its threads), stream.py (the tunnel and the pipes),
-client.py, server.py, tls.py.
+Layout: frames.py (sans-IO framing and flow control), tls.py (contexts, SNI,
+the TLS channel), connection.py (one HTTP/2 connection and its threads),
+stream.py (the tunnel), pipe.py (tunnel <-> TCP), client.py, server.py.
 """
 
 from agents.hbone.client import HboneClient
 from agents.hbone.server import ConnectDecision, ConnectRequest, HboneServer, split_authority
-from agents.hbone.stream import HboneError, Tunnel, pipe, pipe_socket
+from agents.hbone.pipe import pipe, pipe_socket
+from agents.hbone.stream import HboneError, Tunnel
 from agents.hbone.tls import (
     CertSource,
     StaticCertSource,

@@ -15,8 +15,8 @@ by threads:
 * the *sender* writes what the others queued (h2's frames, WINDOW_UPDATEs,
   DATA written from asyncio): neither the reader nor the event loop may block
   on a full socket;
-* a tunnel piped to a socket adds a *pump* and a *drain* thread (stream.py);
-  the pump sends its DATA frames itself, under `send_lock`.
+* a tunnel piped to a socket adds a *pump* and a *drain* thread;
+  the pump sends its DATA frames itself, under `send_lock` (pipe.py).
 
 Two locks. `lock` guards h2, the stream table, the windows and the queue; it
 is held for short sections only, never across I/O (each tunnel's Condition
@@ -43,7 +43,7 @@ import h2.exceptions
 import h2.settings
 
 from agents.hbone import frames as fr
-from agents.hbone.stream import HboneError, Tunnel
+from agents.hbone.stream import HboneError, Tunnel, resolve_soon
 from agents.hbone.tls import TlsChannel
 
 STREAM_WINDOW = 8 << 20        # per stream: what one slow tunnel may buffer here
@@ -146,7 +146,8 @@ class Connection:
             tunnel = Tunnel(self, sid, self.peer_initial_window, fr.InboundWindow(STREAM_WINDOW))
             tunnel.response = self.loop.create_future()
             self.streams[sid] = tunnel
-            self._enqueue_locked(self.h2.data_to_send())
+            self._enqueue_locked(self.h2.data_to_send(), wake=False)
+        self.kick()
         return tunnel
 
     def close(self, error_code: int = fr.NO_ERROR) -> None:
@@ -189,21 +190,22 @@ class Connection:
         finally:
             self.send_lock.release()
 
-    def h2_call_locked(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> bool:
-        """Call an h2 method (lock held) and queue what it wrote; False if h2 refused (stream gone)."""
+    def h2_call_locked(self, fn: Callable[..., Any], *args: Any, wake: bool = True, **kwargs: Any) -> bool:
+        """Call an h2 method (lock held) and queue what it wrote; False if h2 refused (stream gone).
+
+        With wake=False the caller calls `kick()` once it released the lock.
+        """
         try:
             fn(*args, **kwargs)
         except (h2.exceptions.StreamClosedError, h2.exceptions.ProtocolError, KeyError):
             return False
         finally:
-            self._enqueue_locked(self.h2.data_to_send())
+            self._enqueue_locked(self.h2.data_to_send(), wake=wake)
         return True
 
     def send_direct(self, frame: memoryview) -> None:
         """Send queued frames and then `frame` (blocking; pump threads only)."""
         with self.send_lock:
-            if self._outq:
-                self._flush_locked()
             items = self._take_queue() if self._outq else []
             try:
                 self.tls.send(*items, frame)
@@ -234,7 +236,7 @@ class Connection:
             with self.lock:
                 waiters, self.drain_waiters = self.drain_waiters, []
             for fut in waiters:
-                call_in_loop(self.loop, _resolve, fut)
+                resolve_soon(self.loop, fut)
 
     def _send_loop(self) -> None:
         try:
@@ -430,7 +432,7 @@ class Connection:
             self.streams.clear()
             waiters, self.drain_waiters = self.drain_waiters, []
         for fut in waiters:
-            call_in_loop(self.loop, _resolve, fut)
+            resolve_soon(self.loop, fut)
         call_in_loop(self.loop, self.settings_received.set)  # a client waiting for SETTINGS sees `closed`
         try:
             self.tls.shutdown(socket.SHUT_RDWR)
@@ -449,8 +451,3 @@ class Connection:
                 self.tls.close()
             except OSError:
                 pass
-
-
-def _resolve(fut: asyncio.Future[None]) -> None:
-    if not fut.done():
-        fut.set_result(None)

@@ -24,7 +24,8 @@ from typing import Any, Union
 
 from agents.hbone import frames as fr
 from agents.hbone.connection import Connection, call_in_loop, start_thread
-from agents.hbone.stream import Tunnel, _header_dict, pipe, pipe_socket
+from agents.hbone.pipe import pipe, pipe_socket
+from agents.hbone.stream import Tunnel, header_dict
 from agents.hbone.tls import (
     ALPN,
     TlsChannel,
@@ -202,7 +203,7 @@ class HboneServer:
 
     async def _serve(self, tunnel: Tunnel, raw_headers: list[tuple[bytes, bytes]]) -> None:
         conn = tunnel.conn
-        headers = _header_dict(raw_headers)
+        headers = header_dict(raw_headers)
         if headers.get(":method") != "CONNECT" or ":protocol" in headers:
             self._respond(tunnel, 400, "only CONNECT is served here")
             return
@@ -223,11 +224,10 @@ class HboneServer:
         if decision.status != 200 or decision.target is None:
             self._respond(tunnel, decision.status if decision.status != 200 else 503, decision.reason)
             return
-        if not self._respond(tunnel, 200, ""):
-            _close_target(decision.target)
-            return
         try:
-            if isinstance(decision.target, socket.socket):
+            if not self._respond(tunnel, 200, ""):
+                _close_target(decision.target)  # the client gave up meanwhile
+            elif isinstance(decision.target, socket.socket):
                 await pipe_socket(tunnel, decision.target)
             else:
                 await pipe(tunnel, *decision.target)
@@ -248,12 +248,14 @@ class HboneServer:
         with conn.lock:
             if tunnel.reset or conn.closed:
                 return False
-            sent = conn.h2_call_locked(conn.h2.send_headers, tunnel.stream_id, headers, end_stream=status != 200)
+            sent = conn.h2_call_locked(conn.h2.send_headers, tunnel.stream_id, headers,
+                                       end_stream=status != 200, wake=False)
             if sent and status != 200:
                 tunnel.out_eof = True
                 if not tunnel.in_eof:
-                    conn.h2_call_locked(conn.h2.reset_stream, tunnel.stream_id, fr.NO_ERROR)
+                    conn.h2_call_locked(conn.h2.reset_stream, tunnel.stream_id, fr.NO_ERROR, wake=False)
                 tunnel.on_reset_locked(f"refused with {status}: {reason}")
+        conn.kick()
         return sent
 
 

@@ -202,26 +202,26 @@ class TlsChannel:
 
     def recv_into(self, view: memoryview) -> int:
         """Decrypt into `view`, blocking until at least one byte (0: the peer closed)."""
-        read = self.obj.read
+        obj, incoming, size = self.obj, self._incoming, len(view)
         while True:
-            got, size = 0, len(view)
-            with self._tls_lock:
-                try:
-                    while got < size:
-                        n = read(size - got, view[got:])
-                        if not n:
-                            break
-                        got += n
-                except ssl.SSLWantReadError:
-                    pass
-                except (ssl.SSLZeroReturnError, ssl.SSLEOFError):
-                    self._eof = True
+            got = 0
+            # Only the reader touches the incoming side, so these checks need no lock; calling
+            # OpenSSL with nothing to decrypt would cost an exception and a GIL round trip.
+            if incoming.pending or obj.pending():
+                with self._tls_lock:
+                    try:
+                        while got < size and (incoming.pending or obj.pending()):
+                            got += obj.read(size - got, view[got:])
+                    except ssl.SSLWantReadError:
+                        pass  # a partial record: more bytes needed
+                    except (ssl.SSLZeroReturnError, ssl.SSLEOFError):
+                        self._eof = True
             if got or self._eof:
                 return got
             n = self.sock.recv_into(self._raw)
             if not n:
                 return 0
-            self._incoming.write(self._raw_view[:n])
+            incoming.write(self._raw_view[:n])
 
     def send(self, *chunks: bytes | memoryview) -> None:
         """Encrypt `chunks` and write them (after any backlog) with one socket send; blocks.

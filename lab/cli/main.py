@@ -14,7 +14,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from lab import orchestrator
+from lab import image, orchestrator
 from lab.cli import render
 from lab.cli.meshverbs import add_verbs
 from lab.errors import LabError, LabNotFound, TopologyError
@@ -199,6 +199,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-f", "--follow", action="store_true")
 
     add_verbs(verb, pick_lab)
+    image.add_verb(verb)
 
     p = verb("tui", cmd_tui, "open the terminal UI on a running lab", json_flag=False)
     p.add_argument("--lab")

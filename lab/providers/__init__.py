@@ -12,6 +12,7 @@ from lab.providers.base import Provider
 _PROVIDERS: dict[str, str] = {
     "local": "lab.providers.local:LocalProvider",
     "fake": "lab.providers.fake:FakeProvider",  # in memory, for tests
+    "docker": "lab.providers.docker:DockerProvider",
 }
 
 

@@ -28,6 +28,7 @@ from typing import Any
 import h2.config
 import h2.connection
 import h2.events
+import h2.exceptions
 import hyperframe.frame as hf
 import pytest
 from cryptography import x509
@@ -293,6 +294,17 @@ async def _greet_then_half_close(reader: asyncio.StreamReader, writer: asyncio.S
     writer.close()
 
 
+async def _slow_digest(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    """Reads nothing for a while (so the tunnel's window fills up), then digests like `_digest_after_eof`."""
+    await asyncio.sleep(0.5)
+    await _digest_after_eof(reader, writer)
+
+
+async def _stall(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    """Never reads: holds the connection until the test ends."""
+    await asyncio.sleep(30)
+
+
 async def _reset(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
     await reader.read(1)
     sock = writer.get_extra_info("socket")
@@ -334,7 +346,8 @@ def _tracked(handler: Callable[..., Any], writers: set[asyncio.StreamWriter]) ->
 async def lab(pki: Pki) -> AsyncIterator[Lab]:
     writers: set[asyncio.StreamWriter] = set()
     servers = {name: await asyncio.start_server(_tracked(handler, writers), "127.0.0.1", 0) for name, handler in
-               (("echo", _echo), ("digest", _digest_after_eof), ("greet", _greet_then_half_close), ("reset", _reset))}
+               (("echo", _echo), ("digest", _digest_after_eof), ("greet", _greet_then_half_close), ("reset", _reset),
+                ("slow", _slow_digest), ("stall", _stall))}
     targets = {name: s.sockets[0].getsockname()[1] for name, s in servers.items()}
     targets["closed"] = _closed_port()
     state: dict[str, Lab] = {}
@@ -455,6 +468,86 @@ async def test_a_target_reset_resets_the_stream(lab: Lab) -> None:
         while await tunnel.read():
             pass
     await _eventually(lambda: bool(lab.completions) and lab.completions[0][2] is not None)
+
+
+async def test_a_slow_target_holds_the_sender_back_without_losing_or_stalling(lab: Lab) -> None:
+    from agents.hbone.connection import STREAM_WINDOW
+
+    tunnel = await lab.connect("slow")
+    payload = os.urandom(3 * STREAM_WINDOW)
+    writing = asyncio.ensure_future(tunnel.write(payload))
+    await asyncio.sleep(0.3)  # the target has not read yet: flow control stops us at about one window
+    assert not writing.done() and tunnel.bytes_sent <= STREAM_WINDOW + (16 << 20)
+    await asyncio.wait_for(writing, 30)
+    tunnel.write_eof()
+    answer = b""
+    while chunk := await tunnel.read():
+        answer += chunk
+    assert answer.decode() == f"{len(payload)} {hashlib.sha256(payload).hexdigest()}"
+
+
+async def test_concurrent_bulk_streams_share_the_connection_window(lab: Lab) -> None:
+    from agents.hbone.connection import CONNECTION_WINDOW
+
+    size = CONNECTION_WINDOW // 4
+
+    async def one(i: int) -> None:
+        tunnel = await lab.connect()
+        data = random.Random(i).randbytes(size)
+
+        async def send() -> None:
+            await tunnel.write(data)
+            tunnel.write_eof()
+
+        sender = asyncio.ensure_future(send())
+        got = hashlib.sha256()
+        while chunk := await tunnel.read():
+            got.update(chunk)
+        await sender
+        assert got.digest() == hashlib.sha256(data).digest()
+
+    await asyncio.wait_for(asyncio.gather(*(one(i) for i in range(6))), 60)  # 1.5 windows each way
+    assert lab.client.connections_opened == 1
+
+
+async def test_a_client_abort_resets_the_target_connection(lab: Lab) -> None:
+    tunnel = await lab.connect()
+    await tunnel.write(b"hello")
+    assert await tunnel.read() == b"hello"
+    tunnel.abort()
+    await _eventually(lambda: bool(lab.completions))
+    assert lab.completions[0][:2] == (5, 5) and "reset by peer" in (lab.completions[0][2] or "")
+
+
+async def test_a_peer_that_overruns_the_stream_window_gets_a_flow_control_reset(pki: Pki, lab: Lab) -> None:
+    def overrun() -> set[int]:
+        ctx = client_context(*pki.leaves[CLIENT_ID], pki.root)
+        sock = ctx.wrap_socket(socket.create_connection(lab.server.address), server_hostname=sni_for_identity(SERVER_ID))
+        conn = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True))
+        conn.initiate_connection()
+        conn.send_headers(1, [(":method", "CONNECT"), (":authority", f"127.0.0.1:{lab.targets['stall']}")])
+        sock.sendall(conn.data_to_send())
+        codes: set[int] = set()
+        sent, chunk = 0, os.urandom(1 << 20)
+        sock.settimeout(10)
+        while not codes and sent < 64 << 20:  # DATA written by hand: h2 would respect the window
+            sock.sendall(b"".join(hf.DataFrame(1, chunk[i:i + 16384]).serialize() for i in range(0, len(chunk), 16384)))
+            sent += len(chunk)
+            while select.select([sock], [], [], 0)[0] or sock.pending():
+                data = sock.recv(65536)
+                if not data:
+                    return codes
+                try:
+                    events = conn.receive_data(data)
+                except h2.exceptions.ProtocolError:
+                    events = []  # h2's own window bookkeeping objects to our DATA; we only want the reset
+                codes |= {e.error_code for e in events
+                          if isinstance(e, (h2.events.StreamReset, h2.events.ConnectionTerminated))}
+        sock.close()
+        return codes
+
+    codes = await asyncio.to_thread(overrun)
+    assert fr.FLOW_CONTROL_ERROR in codes
 
 
 async def test_many_concurrent_streams_share_one_pooled_connection(lab: Lab) -> None:
