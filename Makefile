@@ -7,7 +7,7 @@ PROVIDER ?= local
 LAB      ?= $(basename $(notdir $(TOPO)))
 PYTEST_ARGS ?=
 
-.PHONY: lab test up down status clean validate setup
+.PHONY: lab test up down status clean validate setup bench
 
 $(STAMP): pyproject.toml scripts/bootstrap.sh
 	@VENV=$(VENV) scripts/bootstrap.sh
@@ -37,3 +37,8 @@ clean: $(STAMP)
 
 validate: $(STAMP)
 	$(MESHLAB) validate topologies/*.yaml
+
+## bench: the L4 data path against stunnel (installs the baselines first)
+bench: $(STAMP)
+	scripts/install-bench-tools.sh
+	$(MESHLAB) bench l4 -o bench-l4.json

@@ -82,15 +82,11 @@ class MeshLabApp(App[int]):
         yield from super().get_system_commands(screen)
 
     def run_main_action(self, action: MeshAction) -> None:
-        """Run a main-screen action from the palette, whatever screen is on top."""
+        """Run a main-screen action from the palette, once the palette has closed."""
         if self.main_screen is None:
             self.notify("attach to a lab first", severity="warning")
             return
-        while self.screen is not self.main_screen and len(self.screen_stack) > 1 \
-                and self.main_screen in self.screen_stack:
-            self.pop_screen()
-        self.main_screen.run_action(action.action)
-
+        self.call_after_refresh(self.main_screen.run_action, action.action)
 
 def run(lab: str | None = None) -> int:
     """`meshlab tui`: run the app until the user quits."""

@@ -73,6 +73,10 @@ class HboneClient:
             except asyncio.TimeoutError:
                 tunnel.abort()
                 raise HboneError(None, f"no response from {dest_addr[0]}:{dest_addr[1]} for {authority}") from None
+            except HboneError:
+                if tunnel.retryable:  # never processed by the server: try again (RFC 9113 §8.7)
+                    continue
+                raise
             except BaseException:
                 tunnel.abort()
                 raise

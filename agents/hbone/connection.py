@@ -203,6 +203,16 @@ class Connection:
             self._enqueue_locked(self.h2.data_to_send(), wake=wake)
         return True
 
+    async def drained(self) -> None:
+        """Wait until the queue and the TLS backlog are on the wire (asyncio writers' backpressure)."""
+        with self.lock:
+            if self.closed or not (self._outq or self.tls.backlog):
+                return
+            fut = self.loop.create_future()
+            self.drain_waiters.append(fut)
+        self._wake.set()
+        await fut
+
     def send_direct(self, frame: memoryview) -> None:
         """Send queued frames and then `frame` (blocking; pump threads only)."""
         with self.send_lock:
@@ -377,6 +387,7 @@ class Connection:
         elif isinstance(event, h2.events.StreamReset):
             tunnel = self.streams.get(event.stream_id)
             if tunnel is not None:
+                tunnel.retryable = event.error_code == fr.REFUSED_STREAM
                 tunnel.on_reset_locked(f"stream reset by peer (error {event.error_code})")
         elif isinstance(event, h2.events.RemoteSettingsChanged):
             self._on_settings_locked(event.changed_settings)
@@ -385,6 +396,7 @@ class Connection:
             last = event.last_stream_id or 0
             for sid, tunnel in list(self.streams.items()):
                 if sid > last or event.error_code:
+                    tunnel.retryable = sid > last
                     tunnel.on_reset_locked(f"connection going away (error {event.error_code})")
 
     def _on_settings_locked(self, changed: dict[Any, Any]) -> None:

@@ -56,6 +56,7 @@ class Tunnel:
         self.in_eof = False       # END_STREAM received
         self.out_eof = False      # END_STREAM sent
         self.reset = False
+        self.retryable = False    # reset unprocessed (REFUSED_STREAM, above GOAWAY's last stream): safe to retry
         self.error: str | None = None
         self.bytes_sent = 0
         self.bytes_received = 0
@@ -102,10 +103,11 @@ class Tunnel:
         return b"".join(parts)
 
     async def write(self, data: bytes | bytearray | memoryview) -> None:
-        """Send `data` in DATA frames, waiting for flow-control window and for the sender to catch up."""
+        """Send `data` in DATA frames, waiting for flow-control window and for the socket to take them."""
         conn = self.conn
         view = memoryview(data).cast("B")
         while view:
+            waiter = None
             with conn.lock:
                 self._check_writable_locked()
                 k = min(len(view), self.send_window, conn.send_window, conn.peer_max_frame, CHUNK)
@@ -115,19 +117,15 @@ class Tunnel:
                     conn._enqueue_locked(fr.frame_header(k, fr.DATA, 0, self.stream_id) + view[:k], wake=False)
                     self.bytes_sent += k
                     view = view[k:]
-                    continue
-                if conn.send_window <= 0:
-                    conn.window_waiters.add(self)
-                waiter = self._write_waiter = self.loop.create_future()
-            conn.kick()
-            await waiter
-        conn.kick()
-        with conn.lock:
-            if conn.outq_bytes <= ASYNC_HIGH_WATER or conn.closed:
-                return
-            drained = self.loop.create_future()
-            conn.drain_waiters.append(drained)
-        await drained
+                else:
+                    if conn.send_window <= 0:
+                        conn.window_waiters.add(self)
+                    waiter = self._write_waiter = self.loop.create_future()
+            conn.kick()  # encrypted and sent from here when nobody else is sending
+            if waiter is not None:
+                await waiter
+            elif conn.outq_bytes > ASYNC_HIGH_WATER or conn.tls.backlog:
+                await conn.drained()  # the socket pushes back: let the sender thread catch up
 
     def write_eof(self) -> None:
         """Half-close: END_STREAM after what was written (idempotent)."""

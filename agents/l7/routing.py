@@ -28,8 +28,8 @@ Normalized route table (plain JSON)::
         "destinations": [{"service": "reviews.bookinfo", "subset": "v2" | null, "port": 9080 | null,
                           "weight": 100}],                    # [] only with directResponse
         "directResponse": {"status": 503, "body": ""} | null,
-        "rewrite": {"uri": "/new" | null, "authority": "x" | null} | null,  # uri replaces a matched prefix,
-                                                                            # else the whole path
+        "rewrite": {"uri": "/new" | null, "replace": "prefix" | "full",   # "prefix": uri replaces a matched
+                    "authority": "x" | null} | null,                       # prefix, else the whole path
         "requestHeaders": {"set": {"x": "1"}, "add": {"y": "2"}, "remove": ["z"]} | null,
         "responseHeaders": (the same) | null,
         "timeout": 0.5 | null,                     # seconds; null: none (Istio's default)
@@ -153,7 +153,7 @@ def decide(table: Table, route: Mapping[str, Any], request: RequestInfo, match: 
            rng: random.Random) -> RouteDecision:
     """The decision once `route` matched (through `match`, None for a route without matches)."""
     rewrite = route.get("rewrite") or {}
-    path = rewrite_path(request.path, rewrite.get("uri"), match)
+    path = rewrite_path(request.path, rewrite.get("uri"), match if rewrite.get("replace") != "full" else None)
     common: dict[str, Any] = dict(
         path=target_of(path, request.query), authority=rewrite.get("authority") or request.authority,
         timeout=route.get("timeout"), retry=retry_policy(route.get("retries")),

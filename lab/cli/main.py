@@ -138,6 +138,16 @@ def cmd_logs(args: argparse.Namespace) -> int:
     return asyncio.run(render.show_logs(pick_lab(args.lab), args.process, args.tail, args.follow))
 
 
+def cmd_bench(args: argparse.Namespace) -> int:
+    from lab.bench import l4
+
+    result = l4.run_l4_bench(args.duration)
+    if args.output:
+        Path(args.output).write_text(json.dumps(result, indent=2))
+    emit(args, result, l4.format_table(result) + (f"\nwrote {args.output}" if args.output else ""))
+    return 0
+
+
 def cmd_tui(args: argparse.Namespace) -> int:
     # The TUI is a separate client of the lab: `lab` never imports it, so start it as its own program.
     argv = [sys.executable, "-m", "tui"] + (["--lab", args.lab] if args.lab else [])
@@ -199,6 +209,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-f", "--follow", action="store_true")
 
     add_verbs(verb, pick_lab)
+
+    p = verb("bench", cmd_bench, "measure the data path against C baselines, in one run on this machine")
+    p.add_argument("suite", choices=["l4"], help="l4: direct vs ztunnel (HBONE) pair vs stunnel mTLS pair")
+    p.add_argument("--duration", type=float, default=5.0, help="seconds of bulk transfer per path")
+    p.add_argument("-o", "--output", help="also write the JSON result to this file")
     image.add_verb(verb)
 
     p = verb("tui", cmd_tui, "open the terminal UI on a running lab", json_flag=False)

@@ -2,10 +2,12 @@
 
 A file holds one or more YAML documents (`---`), each an object with apiVersion, kind,
 metadata (name, namespace?, labels?, annotations?) and spec, exactly as in Istio's
-documentation. Supported: PeerAuthentication and AuthorizationPolicy
-(security.istio.io/v1, v1beta1). VirtualService, DestinationRule and HTTPRoute are
-recognised and refused until the L7 waypoint lands; any other kind or field is refused by
-name. Every problem of every document is collected before one `ConfigError` is raised.
+documentation. Supported: PeerAuthentication and AuthorizationPolicy (security.istio.io/v1,
+v1beta1; `lab.meshconfig.security`), VirtualService and DestinationRule
+(networking.istio.io/v1, v1beta1, v1alpha3; `lab.meshconfig.networking`) and HTTPRoute
+(gateway.networking.k8s.io/v1; `lab.meshconfig.httproute`); any other kind or field is
+refused by name. Every problem of every document is collected before one `ConfigError` is
+raised.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ from yaml.nodes import MappingNode
 from yaml.nodes import Node as YamlNode
 
 from lab.errors import ConfigError, LabError
-from lab.meshconfig.security import SecurityWalker
+from lab.meshconfig.httproute import GatewayWalker
 from lab.yamlsource import DNS_LABEL, DNS_SUBDOMAIN, LABEL_KEY, LABEL_VALUE, Problem, describe, join
 
 DEFAULT_NAMESPACE = "default"
@@ -29,9 +31,6 @@ DEFAULT_NAMESPACE = "default"
 KINDS = {
     "PeerAuthentication": ("security.istio.io", ("v1", "v1beta1")),
     "AuthorizationPolicy": ("security.istio.io", ("v1", "v1beta1")),
-}
-# Kinds meshlab knows but does not accept yet.
-LATER_KINDS = {
     "VirtualService": ("networking.istio.io", ("v1", "v1beta1", "v1alpha3")),
     "DestinationRule": ("networking.istio.io", ("v1", "v1beta1", "v1alpha3")),
     "HTTPRoute": ("gateway.networking.k8s.io", ("v1",)),
@@ -133,24 +132,17 @@ def parse_config(text: str | bytes, source: str = "<memory>",
 def resolve_kind(name: str) -> str:
     """The kind meant by `name`: any case, singular or plural, short (`pa`, `ap`), or `<plural>.<group>`."""
     wanted = name.strip().lower()
-    for kind, (group, _) in {**KINDS, **LATER_KINDS}.items():
+    for kind, (group, _) in KINDS.items():
         singular = kind.lower()
         plural = singular[:-1] + "ies" if singular.endswith("y") else singular + "s"
         forms = {singular, plural, f"{singular}.{group}", f"{plural}.{group}", SHORT_NAMES.get(kind)}
         if wanted in forms:
-            if kind in LATER_KINDS:
-                raise LabError(later_kind(kind))
             return kind
     raise LabError(f"unknown kind '{name}'; expected one of: {', '.join(KINDS)} "
-                   f"(or {', '.join(SHORT_NAMES[k] for k in KINDS)})")
+                   f"(or {', '.join(SHORT_NAMES[k] for k in KINDS if k in SHORT_NAMES)})")
 
 
-def later_kind(kind: str) -> str:
-    """The message for a kind meshlab recognises but does not accept yet."""
-    return f"kind {kind} is not supported yet (it arrives with the L7 waypoint)"
-
-
-class _ConfigWalker(SecurityWalker):
+class _ConfigWalker(GatewayWalker):
     """Checks each document's object envelope and hands its spec to the kind's check."""
 
     document = "mesh config"
@@ -180,8 +172,14 @@ class _ConfigWalker(SecurityWalker):
             return None
         if kind == "PeerAuthentication":
             spec = self.peer_authentication(f.get("spec"), "spec", namespace)
-        else:
+        elif kind == "AuthorizationPolicy":
             spec = self.authorization_policy(f.get("spec"), "spec")
+        elif kind == "VirtualService":
+            spec = self.virtual_service(self.required_spec(f, root), "spec", namespace)
+        elif kind == "DestinationRule":
+            spec = self.destination_rule(self.required_spec(f, root), "spec", namespace)
+        else:
+            spec = self.http_route_spec(self.required_spec(f, root), "spec", namespace)
         return ConfigObject(api_version=self.string(f["apiVersion"], "apiVersion") or "", kind=kind, name=name,
                             namespace=namespace, spec=spec, labels=labels, annotations=annotations)
 
@@ -191,12 +189,9 @@ class _ConfigWalker(SecurityWalker):
         api_version = self.string(version_node, "apiVersion")
         if kind is None or kind_node is None:
             return None
-        if kind in LATER_KINDS:
-            self.report(kind_node, "kind", later_kind(kind))
-            return None
         if kind not in KINDS:
-            close = difflib.get_close_matches(kind, [*KINDS, *LATER_KINDS], n=1)
-            hint = f"did you mean '{close[0]}'?" if close else f"meshlab accepts {' and '.join(KINDS)}"
+            close = difflib.get_close_matches(kind, list(KINDS), n=1)
+            hint = f"did you mean '{close[0]}'?" if close else f"meshlab accepts {', '.join(KINDS)}"
             self.report(kind_node, "kind", f"unknown kind '{kind}'; {hint}")
             return None
         if api_version is None:
@@ -208,6 +203,12 @@ class _ConfigWalker(SecurityWalker):
                                                     f"use {wanted}")
             return None
         return kind
+
+    def required_spec(self, fields: dict[str, YamlNode], root: YamlNode) -> YamlNode | None:
+        """The spec of a kind that cannot do without one (reported when absent)."""
+        if "spec" not in fields:
+            self.report(root, "", "missing required field 'spec'")
+        return fields.get("spec")
 
     def metadata(self, node: YamlNode | None,
                  kind: str | None) -> tuple[str | None, str, dict[str, str], dict[str, str]]:

@@ -1,6 +1,9 @@
-"""The security config as the ztunnel receives it in its config snapshot: plain, normalized JSON.
+"""The mesh config as the agents receive it in their config snapshots: plain, normalized JSON.
 
-`to_agent_json(objects)` returns::
+`to_agent_json(objects)` returns the security policies below, plus the networking config
+for the L7 proxies: `"routeTables"` and `"destinationRules"`, both keyed by service
+(`name.namespace`), made by `lab/meshconfig/routetables.py` in the shapes that
+`agents/l7/routing.py` and `agents/l7/cluster.py` document::
 
     {"peerAuthentications": [
         {"name": "default", "namespace": "bookinfo",
@@ -34,18 +37,21 @@ from collections.abc import Iterable
 from typing import Any
 
 from lab.meshconfig.parse import ConfigObject
+from lab.meshconfig.routetables import route_tables
 from lab.meshconfig.security import ROOT_NAMESPACE, l7_attributes
 
 
-def to_agent_json(objects: Iterable[ConfigObject]) -> dict[str, list[dict[str, Any]]]:
-    """The security objects among `objects` in the agents' normalized form (see the module docstring)."""
-    snapshot: dict[str, list[dict[str, Any]]] = {"peerAuthentications": [], "authorizationPolicies": []}
+def to_agent_json(objects: Iterable[ConfigObject]) -> dict[str, Any]:
+    """The objects in the agents' normalized form (see the module docstring)."""
+    objects = list(objects)
+    peer_authentications, authorization_policies = [], []
     for obj in objects:
         if obj.kind == "PeerAuthentication":
-            snapshot["peerAuthentications"].append(peer_authentication_json(obj))
+            peer_authentications.append(peer_authentication_json(obj))
         elif obj.kind == "AuthorizationPolicy":
-            snapshot["authorizationPolicies"].append(authorization_policy_json(obj))
-    return snapshot
+            authorization_policies.append(authorization_policy_json(obj))
+    return {"peerAuthentications": peer_authentications, "authorizationPolicies": authorization_policies,
+            **route_tables(objects)}
 
 
 def peer_authentication_json(obj: ConfigObject) -> dict[str, Any]:

@@ -1,9 +1,10 @@
 """The docker provider: a node is a container of the node image (`lab.image`) on the lab's bridge network.
 
-* The lab gets one bridge network, `meshlab-<lab>`: its subnet is the first node's `docker: {subnet: ...}`
-  setting (NodeSpec.settings["docker"], as the topology writes it), else the /24 of its address, else (taken, or not a private address) a free /24 of
-  10.210.0.0/16. Its gateway (the subnet's first address) is the host: a node reaches the lab's
-  control plane there (`lab_network()`, and `gateway` in NodeInfo.details).
+* The lab gets one bridge network, `meshlab-<lab>`. Its subnet is the first node's `docker: {subnet: ...}`
+  setting (NodeSpec.settings["docker"], as the topology writes it), else the /24 of its address, else
+  (taken, or not a private address) a free /24 of 10.210.0.0/16. Its gateway (the subnet's first
+  address) is the host: a node reaches the lab's control plane there (`lab_network()`, and `gateway`
+  in NodeInfo.details).
 * A node is the container `meshlab-<lab>-<node>` (hostname <node>, NET_ADMIN, docker-init as PID 1)
   at NodeSpec.address on that network, or at an address allocated from the top of the subnet when
   the spec's is not inside it. Its command is the node supervisor: `python3 <node dir>/agents.pyz node ...`.
@@ -43,14 +44,14 @@ try:
     import docker.types
     import docker.utils
 except ImportError:  # a declared dependency; without it only this provider is unavailable
-    docker = None  # type: ignore[assignment]
+    docker = None
 
 T = TypeVar("T")
 
 START_TIMEOUT = 20.0  # container start and the supervisor's first answer
 PING_TIMEOUT = 2.0
 STOP_TIMEOUT = 10.0
-FALLBACK_RANGE = ipaddress.ip_network("10.210.0.0/16")  # /24s for labs whose addresses don't fit
+FALLBACK_RANGE = ipaddress.IPv4Network("10.210.0.0/16")  # /24s for labs whose addresses don't fit
 PARTITION_TAG = "meshlab-partition"
 LABEL_LAB, LABEL_HOME, LABEL_NODE = "meshlab.lab", "meshlab.home", "meshlab.node"
 START_ENGINE = "start one with `sudo scripts/install-docker.sh` (or point DOCKER_HOST at one)"
@@ -212,21 +213,28 @@ class DockerProvider(Provider):
                                    lambda client: container.remove(force=True))
                 container = None
             fresh = container is None
+            address: str
             if fresh:
-                address = wanted or await self._docker(f"node {spec.name}: allocate an address", _allocate,
-                                                       self.network_name, doc)
+                if wanted is not None:
+                    address = wanted
+                else:
+                    address = await self._docker(f"node {spec.name}: allocate an address", _allocate,
+                                                 self.network_name, doc)
                 container = await self._create_container(spec, image, address, folder, options)
         if fresh:
             await self._docker(f"node {spec.name}: start", lambda client: container.start())
         else:
-            address = _address_on(container, self.network_name)
+            address = _address_on(container, self.network_name) or ""  # adopted: it has one
             if container.status == "paused":
                 await self._docker(f"node {spec.name}: unpause", lambda client: container.unpause())
-            elif container.status != "running":
+            if container.status not in ("running", "paused"):
                 (folder / "control.sock").unlink(missing_ok=True)
                 await self._docker(f"node {spec.name}: start", lambda client: container.start())
+            elif await self._ping(spec.name) is None:  # a hung supervisor: start the node afresh
+                (folder / "control.sock").unlink(missing_ok=True)
+                await self._docker(f"node {spec.name}: restart", lambda client: container.restart(timeout=3))
         await self._set_workload_addresses(spec.name, address, spec.workload_addresses)
-        ping = await self._wait_for_supervisor(spec.name, address)
+        ping = await self._wait_for_supervisor(spec.name)
         return self._info(spec.name, "running", container, address, ping, doc["gateway"])
 
     def _same_node(self, container: Any, image_id: str, address: str | None, folder: Path,
@@ -235,7 +243,7 @@ class DockerProvider(Provider):
         mounts = {m.get("Destination"): m.get("Source") for m in container.attrs.get("Mounts", [])}
         current = _address_on(container, self.network_name)
         host = container.attrs.get("HostConfig") or {}
-        return (container.image.id == image_id and current is not None
+        return (container.attrs.get("Image") == image_id and current is not None
                 and (address is None or current == address) and mounts.get(str(folder)) == str(folder)
                 and (host.get("NanoCpus") or 0) == _nano_cpus(options) and (host.get("Memory") or 0) == _memory(options)
                 and (host.get("Sysctls") or {}) == dict(options.get("sysctls") or {}))
@@ -271,16 +279,14 @@ class DockerProvider(Provider):
             if done.exit_code != 0:
                 raise ProvisionError(f"node {node}: cannot set its workload addresses: {done.stderr.strip()}")
 
-    async def _wait_for_supervisor(self, node: str, address: str) -> dict[str, Any]:
+    async def _wait_for_supervisor(self, node: str) -> dict[str, Any]:
         sock = self.node_dir(node) / "control.sock"
         deadline = time.monotonic() + START_TIMEOUT
         while True:
             if sock.exists():
                 ping = await self._ping(node)
                 if ping is not None:
-                    if ping.get("address") == address:
-                        return ping
-                    await self._call(node, "shutdown", timeout=STOP_TIMEOUT)  # started with another address
+                    return ping
             container = await self._container(node)
             if container.status not in ("running", "created"):
                 logs = await self._docker(f"node {node}", lambda client: container.logs(tail=4))
@@ -304,7 +310,8 @@ class DockerProvider(Provider):
                 if os.geteuid() != 0:  # hand files the node's root made back to the host user
                     await self.exec(name, ["chown", "-R", f"{os.geteuid()}:{os.getegid()}", str(self.node_dir(name))])
             await self._forget(name)
-            await self._docker(f"node {name}: remove its container", lambda client: container.remove(force=True))
+            await self._docker(f"node {name}: remove its container",
+                               lambda client: _remove_quietly(container, force=True))
         await self._forget(name)
         async with self._layout:  # the lab's last node takes the network with it
             network = await self._network()
@@ -471,8 +478,9 @@ class DockerProvider(Provider):
         await self.heal_partition(node, peer)
         comment = ["-m", "comment", "--comment", f"{PARTITION_TAG}:{peer or '*'}"]
         one_way = [] if direction == "both" else ["-m", "conntrack", "--ctdir", "ORIGINAL"]
-        matches_in = [["-i", "eth0"]] if peer is None else [["-s", a] for a in await self._addresses(peer)]
-        matches_out = [["-o", "eth0"]] if peer is None else [["-d", a] for a in await self._addresses(peer)]
+        addresses = [] if peer is None else await self._addresses(peer)
+        matches_in = [["-i", "eth0"]] if peer is None else [["-s", a] for a in addresses]
+        matches_out = [["-o", "eth0"]] if peer is None else [["-d", a] for a in addresses]
         rules = []
         if direction in ("both", "in"):
             rules += [["iptables", "-w", "-I", "INPUT", "1", *m, *one_way, *comment, "-j", "DROP"] for m in matches_in]
@@ -620,7 +628,7 @@ def _taken_subnets(client: Any) -> list[ipaddress.IPv4Network]:
 
 
 def _host_routes() -> list[ipaddress.IPv4Network]:
-    routes = []
+    routes: list[ipaddress.IPv4Network] = []
     try:
         lines = Path("/proc/net/route").read_text().splitlines()[1:]
     except OSError:
@@ -642,15 +650,18 @@ def _choose_subnet(address: str, requested: str | None, taken: list[ipaddress.IP
         return not any(net.overlaps(t) for t in taken)
 
     if requested:
-        net = ipaddress.ip_network(requested, strict=False)
-        if not isinstance(net, ipaddress.IPv4Network) or not free(net):
-            raise ProvisionError(f"the subnet {requested} for the lab network is not IPv4 or overlaps one in use "
+        try:
+            net = ipaddress.IPv4Network(requested, strict=False)
+        except ValueError:
+            raise ProvisionError(f"the docker setting subnet must be an IPv4 network, not {requested!r}") from None
+        if not free(net):
+            raise ProvisionError(f"the subnet {requested} for the lab network overlaps one in use "
                                  f"({', '.join(str(t) for t in taken if t.overlaps(net))})")
         return net
     try:
-        own = ipaddress.ip_network(f"{address}/24", strict=False)
+        own = ipaddress.IPv4Network(f"{address}/24", strict=False)
         if own.is_private and not own.is_loopback and not own.is_link_local and free(own):
-            return own  # type: ignore[return-value]
+            return own
     except ValueError:
         pass
     for net in FALLBACK_RANGE.subnets(new_prefix=24):

@@ -751,8 +751,12 @@ async def test_a_non_connect_request_is_400(pki: Pki, lab: Lab) -> None:
     assert status == 400 and not lab.requests
 
 
-def _h2_reference_server(listener: socket.socket, ctx: ssl.SSLContext, stop: threading.Event) -> None:
-    """A plain h2 CONNECT server (blocking, one connection): answers 200 and echoes with padded DATA."""
+def _h2_reference_server(listener: socket.socket, ctx: ssl.SSLContext, stop: threading.Event,
+                         refuse: frozenset[int] = frozenset()) -> None:
+    """A plain h2 CONNECT server (blocking, one connection): answers 200 and echoes with padded DATA.
+
+    Streams in `refuse` get RST_STREAM(REFUSED_STREAM) instead.
+    """
     raw, _ = listener.accept()
     sock = ctx.wrap_socket(raw, server_side=True)
     conn = h2.connection.H2Connection(h2.config.H2Configuration(client_side=False, header_encoding="utf-8"))
@@ -765,10 +769,12 @@ def _h2_reference_server(listener: socket.socket, ctx: ssl.SSLContext, stop: thr
         if not data:
             break
         for event in conn.receive_data(data):
-            if isinstance(event, h2.events.RequestReceived):
+            if isinstance(event, h2.events.RequestReceived) and event.stream_id in refuse:
+                conn.reset_stream(event.stream_id, fr.REFUSED_STREAM)
+            elif isinstance(event, h2.events.RequestReceived):
                 conn.send_headers(event.stream_id, [(":status", "200")])
                 pending[event.stream_id] = bytearray()
-            elif isinstance(event, h2.events.DataReceived):
+            elif isinstance(event, h2.events.DataReceived) and event.stream_id in pending:
                 pending[event.stream_id] += event.data
                 conn.acknowledge_received_data(event.flow_controlled_length, event.stream_id)
             elif isinstance(event, h2.events.StreamEnded):
@@ -807,6 +813,21 @@ async def test_our_client_against_a_plain_h2_server(pki: Pki) -> None:
         got += chunk
     await sender
     assert bytes(got) == payload
+    stop.set()
+    await client.aclose()
+    listener.close()
+
+
+async def test_a_refused_stream_is_retried(pki: Pki) -> None:
+    listener = socket.create_server(("127.0.0.1", 0))
+    stop = threading.Event()
+    ctx = server_context(*pki.leaves[SERVER_ID], pki.root)
+    threading.Thread(target=_h2_reference_server, args=(listener, ctx, stop, frozenset({1})), daemon=True).start()
+    client = HboneClient(pki.source(CLIENT_ID).client_context)
+    tunnel = await client.connect(listener.getsockname(), "10.0.0.1:80", CLIENT_ID, SERVER_ID)
+    assert tunnel.stream_id == 3 and client.connections_opened == 1
+    await tunnel.write(b"again")
+    assert await tunnel.readexactly(5) == b"again"
     stop.set()
     await client.aclose()
     listener.close()

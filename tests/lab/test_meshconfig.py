@@ -297,14 +297,15 @@ ERRORS = [
     # the object around the spec
     ("virtual-service", HEAD.replace("security.istio.io/v1", "networking.istio.io/v1")
      .replace("AuthorizationPolicy", "VirtualService") + "  hosts: [reviews]\n",
-     ["kind: kind VirtualService is not supported yet (it arrives with the L7 waypoint) (policy.yaml:2)"]),
+     ["spec: missing required field 'http' (policy.yaml:7)"]),
     ("http-route", HEAD.replace("security.istio.io/v1", "gateway.networking.k8s.io/v1")
      .replace("AuthorizationPolicy", "HTTPRoute") + "  parentRefs: []\n",
-     ["kind: kind HTTPRoute is not supported yet (it arrives with the L7 waypoint) (policy.yaml:2)"]),
+     ["spec.parentRefs: at least one parent reference is required (policy.yaml:7)"]),
     ("kind-misspelt", HEAD.replace("kind: AuthorizationPolicy", "kind: AuthorisationPolicy") + "  {}\n",
      ["kind: unknown kind 'AuthorisationPolicy'; did you mean 'AuthorizationPolicy'? (policy.yaml:2)"]),
     ("kind-unknown", HEAD.replace("kind: AuthorizationPolicy", "kind: Gateway") + "  {}\n",
-     ["kind: unknown kind 'Gateway'; meshlab accepts PeerAuthentication and AuthorizationPolicy (policy.yaml:2)"]),
+     ["kind: unknown kind 'Gateway'; meshlab accepts PeerAuthentication, AuthorizationPolicy, VirtualService, "
+      "DestinationRule, HTTPRoute (policy.yaml:2)"]),
     ("api-version-alpha", HEAD.replace("security.istio.io/v1", "security.istio.io/v1alpha1") + "  {}\n",
      ["apiVersion: apiVersion 'security.istio.io/v1alpha1' does not serve AuthorizationPolicy; use "
       "security.istio.io/v1 or security.istio.io/v1beta1 (policy.yaml:1)"]),
@@ -435,9 +436,9 @@ def test_the_store_refuses_a_batch_it_cannot_take_whole(store):
     [pa] = parse_config(STRICT_NAMESPACE)
     with pytest.raises(LabError, match="PeerAuthentication bookinfo/default is given twice in one apply"):
         store.apply([pa, pa])
-    route = ConfigObject("networking.istio.io/v1", "VirtualService", "reviews", "bookinfo")
-    with pytest.raises(LabError, match="cannot apply VirtualService"):
-        store.apply([pa, route])
+    gateway = ConfigObject("gateway.networking.k8s.io/v1", "Gateway", "waypoint", "bookinfo")
+    with pytest.raises(LabError, match="cannot apply Gateway"):
+        store.apply([pa, gateway])
     assert store.version == 0 and store.get() == [] and not store.path.exists()
 
 
@@ -466,11 +467,11 @@ def test_get_filters_by_name_and_namespace(store):
 
 def test_kind_names_that_are_not_accepted():
     with pytest.raises(LabError, match=r"unknown kind 'gateway'; expected one of: PeerAuthentication, "
-                                       r"AuthorizationPolicy \(or pa, ap\)"):
+                                       r"AuthorizationPolicy, VirtualService, DestinationRule, HTTPRoute "
+                                       r"\(or pa, ap, vs, dr\)"):
         resolve_kind("gateway")
-    with pytest.raises(LabError, match=r"kind VirtualService is not supported yet \(it arrives with the L7 "
-                                       r"waypoint\)"):
-        resolve_kind("vs")
+    assert [resolve_kind(k) for k in ("vs", "dr", "httproutes", "HTTPRoute.gateway.networking.k8s.io")] == [
+        "VirtualService", "DestinationRule", "HTTPRoute", "HTTPRoute"]
 
 
 def test_delete_one_and_missing_ones(store):

@@ -18,7 +18,7 @@ import subprocess
 import sys
 import textwrap
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -145,14 +145,18 @@ async def _two_nodes(provider: DockerProvider, agent_pyz: Path, block: str) -> t
     await provider.create_node(NodeSpec(provider.lab, "node-2", 1, f"{block}.3", (f"{block}.30",)), agent_pyz)
     for node, addresses in (("node-1", [f"{block}.2"]), ("node-2", [f"{block}.3", f"{block}.30"])):
         for i, address in enumerate(addresses):
-            await provider.start_process(node, ProcessSpec(f"listen-{i}", ("python3", "-c", LISTENER, address, "18080"),
+            name = f"listen-{i}"
+            await provider.start_process(node, ProcessSpec(name, ("python3", "-c", LISTENER, address, "18080"),
                                                            ready_tcp=(address, 18080)))
-            await eventually(lambda n=node, i=i: _ready(provider, n, f"listen-{i}"), f"{node} listening")
+            await eventually(_ready(provider, node, name), f"{node} listening on {address}")
     return f"{block}.2", f"{block}.3"
 
 
-async def _ready(provider: Provider, node: str, name: str) -> bool:
-    return (await status_of(provider, node, name)).ready
+def _ready(provider: Provider, node: str, name: str) -> Callable[[], Awaitable[bool]]:
+    async def check() -> bool:
+        return (await status_of(provider, node, name)).ready
+
+    return check
 
 
 async def _connects(provider: Provider, node: str, address: str, timeout: float = 1.0) -> bool:
@@ -273,6 +277,31 @@ async def test_workload_addresses_are_bindable_and_follow_the_spec(provider: Doc
     assert (await provider.exec("node-1", ["python3", "-c", bind, wanted[1]])).exit_code == 0
 
 
+async def test_stopped_or_hung_node_is_started_again(provider: DockerProvider, agent_pyz: Path,
+                                                     address_block: str) -> None:
+    spec = NodeSpec(provider.lab, "node-1", 0, f"{address_block}.2", (f"{address_block}.10",))
+    info = await provider.create_node(spec, agent_pyz)
+    bind = ["python3", "-c", f"import socket; socket.create_server(('{address_block}.10', 18082)).close()"]
+    hang = await provider.exec("node-1", ["kill", "-STOP", str(info.details["pid"])])  # the supervisor hangs
+    assert hang.exit_code == 0, hang.stderr
+    assert (await provider.create_node(spec, agent_pyz)).state == "running"
+
+    def stop() -> None:
+        client = engine()
+        try:
+            client.containers.get(info.details["container"]).stop(timeout=5)
+        finally:
+            client.close()
+
+    await asyncio.to_thread(stop)
+    assert (await provider.node_info("node-1")).state == "stopped"
+    with pytest.raises(ProvisionError, match="not running"):
+        await provider.list_processes("node-1")
+    again = await provider.create_node(spec, agent_pyz)
+    assert (again.state, again.details["container_id"]) == ("running", info.details["container_id"])
+    assert (await provider.exec("node-1", bind)).exit_code == 0  # its workload address is back
+
+
 async def test_node_reaches_the_host_at_the_gateway(provider: DockerProvider, agent_pyz: Path,
                                                     node_address: str) -> None:
     info = await provider.create_node(NodeSpec(provider.lab, "node-1", 0, node_address), agent_pyz)
@@ -391,7 +420,8 @@ async def test_clean_after_the_lab_process_was_sigkilled(lab_name: str, tmp_path
 async def test_missing_image_and_missing_engine_say_what_to_do(provider: DockerProvider, agent_pyz: Path,
                                                                node_address: str,
                                                                monkeypatch: pytest.MonkeyPatch) -> None:
-    spec = NodeSpec(provider.lab, "node-1", 0, node_address, settings={"docker": {"image": "meshlab-node:no-such-recipe"}})
+    spec = NodeSpec(provider.lab, "node-1", 0, node_address,
+                    settings={"docker": {"image": "meshlab-node:no-such-recipe"}})
     with pytest.raises(ProvisionError, match=r"meshlab image build --offline"):
         await provider.create_node(spec, agent_pyz)
     with pytest.raises(ProvisionError, match="node-9"):

@@ -101,8 +101,8 @@ async def test_load_run_starts_from_the_dialog_and_stops_with_x(tui_lab: str, cl
         await wait_for_text(pilot, "running", "productpage:9080/pro")
         runs = client.loads()["runs"]
         assert len(runs) == before + 1
-        run = next(r for r in runs if r["state"] == "running")
-        assert "60s" in run["args"]
+        run = max(runs, key=lambda r: r["startedAt"])
+        assert run["state"] == "running" and run["args"][run["args"].index("--duration") + 1] == "60s", run
         await wait_until(pilot, lambda: any(e.connections_per_s > 0 for e in main_screen(app).snapshot.edges),
                          "the graph to show connections per second", timeout=20)
         await pilot.press("x")
@@ -111,9 +111,10 @@ async def test_load_run_starts_from_the_dialog_and_stops_with_x(tui_lab: str, cl
         await wait_for_text(pilot, "stopped", timeout=20)
 
 
-async def test_apply_file_shows_problems_inline_then_applies(tui_lab: str, client: LabClient,
-                                                             tmp_path: Path) -> None:
-    bad, good = tmp_path / "bad-mtls.yaml", tmp_path / "strict-mtls.yaml"
+async def test_apply_file_shows_problems_inline_then_applies(tui_lab: str, client: LabClient, tmp_path: Path,
+                                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)  # a path relative to where the TUI runs, short enough to type
+    bad, good = tmp_path / "bad.yaml", tmp_path / "strict-mtls.yaml"
     bad.write_text(STRICT.format(mode="STRICTX"))
     good.write_text(STRICT.format(mode="STRICT"))
     app = app_on(tui_lab)
@@ -121,9 +122,8 @@ async def test_apply_file_shows_problems_inline_then_applies(tui_lab: str, clien
         await wait_for_text(pilot, "mesh config")
         await pilot.press("a")
         await settle(pilot)
-        await pilot.press(*str(bad))  # typed, as a person would
-        await pilot.press("enter")
-        await wait_for_text(pilot, "spec.mtls.mode", "bad-mtls.yaml:8")
+        await pilot.press(*bad.name, "enter")  # typed, as a person would
+        await wait_for_text(pilot, "spec.mtls.mode", "bad.yaml:8")
         path = app.screen.query_one("#path")
         path.value = str(good)
         await pilot.press("enter")
@@ -198,7 +198,7 @@ async def test_access_logs_are_live_and_filterable(tui_lab: str, client: LabClie
         screen = app.screen
         assert isinstance(screen, AccessLogs)
         await wait_until(pilot, lambda: len(screen.entries) > 10, "access-log entries", timeout=20)
-        await pilot.press(*"ratings inb")
+        screen.query_one("#filter").value = "ratings inb"
         await wait_until(pilot, lambda: screen._shown and all(
             e.destination == "ratings-v1" and e.direction == "inbound" for e in screen._shown), "the filter")
         await wait_for_text(pilot, f"of {len(screen.entries)} connections")
@@ -234,7 +234,7 @@ async def test_events_faults_help_and_palette(tui_lab: str) -> None:
         assert {a.title for a in MAIN_ACTIONS} <= titles
         await pilot.press("ctrl+p")
         await settle(pilot)
-        await pilot.press(*"switch namespace")
+        await pilot.press(*"switch")
         await wait_for_text(pilot, "Switch namespace mode")
         await pilot.press("enter")
         await wait_until(pilot, lambda: isinstance(app.screen, ModeDialog), "the palette to open the mode dialog")

@@ -56,7 +56,9 @@ class DeleteConfigDialog(ModalScreen[str | None]):
         options = self.query_one(OptionList)
         options.clear_options()
         options.add_options([Option(item_ref(i), id=str(n)) for n, i in enumerate(self.items)])
-        if not self.items:
+        if self.items:
+            options.highlighted = 0
+        else:
             error.update("no mesh config is applied: nothing to delete")
         options.focus()
 
