@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from textual.binding import Binding
+from textual.binding import Binding, BindingType
 
 
 @dataclass(frozen=True)
@@ -20,22 +20,28 @@ class MeshAction:
 
 
 MAIN_ACTIONS: tuple[MeshAction, ...] = (
-    MeshAction("m", "switch_mode", "Mode", "Switch namespace mode", "Move the selected namespace to ambient, none or sidecar"),
+    MeshAction("m", "switch_mode", "Mode", "Switch namespace mode",
+               "Move the selected namespace to ambient, none or sidecar"),
     MeshAction("l", "start_load", "Load", "Start load run", "Start a bounded load run (target, qps, duration)"),
     MeshAction("x", "stop_load", "Stop", "Stop load run", "Stop the newest running load run"),
-    MeshAction("a", "apply_file", "Apply", "Apply YAML file", "Apply an Istio YAML file (PeerAuthentication, AuthorizationPolicy, ...)"),
-    MeshAction("e", "edit_config", "Edit", "Edit and apply config", "Write Istio YAML in an editor and apply it", footer=False),
+    MeshAction("a", "apply_file", "Apply", "Apply YAML file",
+               "Apply an Istio YAML file (PeerAuthentication, AuthorizationPolicy, ...)"),
+    MeshAction("e", "edit_config", "Edit", "Edit and apply config", "Write Istio YAML in an editor and apply it",
+               footer=False),
     MeshAction("d", "delete_config", "Delete", "Delete config", "Delete an applied config object", footer=False),
     MeshAction("c", "show_certificate", "Cert", "Workload identity and certificate",
                "SPIFFE identity, SAN, serial, expiry and time to rotation of the selected workload"),
     MeshAction("p", "show_agent", "Agent", "Agent config and status",
                "Proxy status, config versions and log of the selected node's ztunnel", footer=False),
     MeshAction("g", "show_access_logs", "Logs", "Access logs", "Live ztunnel access logs, filterable"),
-    MeshAction("u", "show_cost", "Cost", "Resource cost", "RSS and CPU per proxy and workload, totals by role", footer=False),
-    MeshAction("v", "show_events", "Events", "Lab events", "What the control plane did: mode switches, config, load runs",
+    MeshAction("u", "show_cost", "Cost", "Resource cost", "RSS and CPU per proxy and workload, totals by role",
                footer=False),
-    MeshAction("f", "show_faults", "Faults", "Faults", "Fault injection (not available in this version)", footer=False),
-    MeshAction("r", "refresh", "Refresh", "Refresh now", "Poll the lab now instead of waiting a second", footer=False),
+    MeshAction("v", "show_events", "Events", "Lab events",
+               "What the control plane did: mode switches, config, load runs", footer=False),
+    MeshAction("f", "show_faults", "Faults", "Faults", "Fault injection (not available in this version)",
+               footer=False),
+    MeshAction("r", "refresh", "Refresh", "Refresh now", "Poll the lab now instead of waiting a second",
+               footer=False),
 )
 
 HELP_KEYS = (("f1  ?", "this help"), ("ctrl+p", "command palette: every action by name"),
@@ -43,6 +49,6 @@ HELP_KEYS = (("f1  ?", "this help"), ("ctrl+p", "command palette: every action b
              ("escape", "close a dialog or detail view"), ("q", "quit"))
 
 
-def bindings(actions: tuple[MeshAction, ...] = MAIN_ACTIONS) -> list[Binding]:
+def bindings(actions: tuple[MeshAction, ...] = MAIN_ACTIONS) -> list[BindingType]:
     """Key bindings for `actions`."""
     return [Binding(a.key, a.action, a.short, show=a.footer, tooltip=a.help) for a in actions]

@@ -64,6 +64,8 @@ class LabConnection:
             with self._lock:
                 self._client = None
             raise
+        except Exception as e:  # an answer the client could not make sense of: a message, never a traceback
+            raise LabError(f"unexpected answer from the lab API ({type(e).__name__}: {e})") from e
 
     async def call(self, verb: Callable[[LabApi], T]) -> T:
         """`call_blocking` in a thread, so the UI keeps painting while the lab answers."""

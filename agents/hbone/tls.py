@@ -65,8 +65,7 @@ def _context(server: bool, cert_pem: bytes, key_pem: bytes, root_pem: bytes,
     ctx.verify_mode = ssl.CERT_REQUIRED
     ctx.set_alpn_protocols([ALPN])
     if server:
-        # No session tickets: nothing is ever written from inside SSL_read, so the
-        # connection's reader and writer threads never touch the same TLS state.
+        # No session tickets: HBONE connections are long-lived and pooled, resumption buys nothing.
         ctx.num_tickets = 0
     ctx.load_verify_locations(cadata=_text(root_pem))
     tmp = tempfile.mkdtemp(prefix="hbone-tls-")  # mode 0700
@@ -151,7 +150,9 @@ class TlsChannel:
 
     One reader thread calls `recv_into`; writers serialise `send` among themselves
     (the connection's send lock). Every call into the TLS object holds `_tls_lock`,
-    so reads and writes never touch OpenSSL's state at the same time.
+    so reads and writes never touch OpenSSL's state at the same time; whatever
+    OpenSSL writes while reading (a KeyUpdate answer, an alert) waits in the
+    outgoing BIO and leaves with the next `send`.
     """
 
     RAW_BLOCK = 256 << 10

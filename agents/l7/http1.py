@@ -16,7 +16,8 @@ States (`state`), and what moves between them::
          until EOF) | END (no body) --EndOfMessage--> IDLE, or MUST_CLOSE when the
          message was not keep-alive, or PAUSED after CONNECT / 101.
     CHUNK_SIZE -> CHUNK_DATA -> CHUNK_END -> CHUNK_SIZE ... size 0 -> TRAILERS -> EndOfMessage
-    MUST_CLOSE --EOF--> CLOSED (ConnectionClosed, again on every later call)
+    MUST_CLOSE --EOF--> CLOSED (ConnectionClosed, again on every later call); bytes that
+         arrive after a closing message are not read
 
 Anything else is a `ProtocolError` carrying the status the proxy should answer with:
 400 malformed or ambiguous (request smuggling: Content-Length with Transfer-Encoding,
@@ -26,10 +27,11 @@ transfer-coding other than chunked, 505 an HTTP version other than 1.0/1.1. A cl
 parser reads an upstream, so its errors carry 502 (the upstream's fault). After an error
 the parser is dead: every later call raises the same error.
 
-Speed (this is the proxies' hot path): the end of a head is found with `bytes.find`, the
-request line and each header line are one precompiled regex match, body bytes are handed
-out as `memoryview`s without copying when the fed chunk is a `bytes`, and only the few
-framing headers are looked at.
+Speed (this is the proxies' hot path): the end of a head is found with `bytes.find` (an
+incomplete head is never searched twice), the request line is one precompiled regex match
+and all header lines one `findall` (`agents.l7.http1_framing.parse_fields`), only the few
+framing fields are looked at, and body bytes are handed out as `memoryview`s of the fed
+`bytes` without copying. `scripts/bench_http1.py` compares it with h11.
 """
 
 from __future__ import annotations
@@ -50,7 +52,18 @@ from agents.l7.http1_events import (
     ResponseHead,
     _Sentinel,
 )
-from agents.l7.http1_framing import TOKEN, bad_field, bad_start_line, content_length, is_chunked, shown
+from agents.l7.http1_framing import (
+    CONNECTION,
+    CONTENT_LENGTH,
+    HOST,
+    TOKEN,
+    TRANSFER_ENCODING,
+    bad_start_line,
+    content_length,
+    is_chunked,
+    parse_fields,
+    shown,
+)
 from agents.l7.http1_framing import keep_alive as keep_alive_of
 from agents.l7.http1_serialize import (
     CHUNK_END,
@@ -75,19 +88,7 @@ MAX_CHUNK_LINE = 4096  # a chunk-size line with its extensions
 
 _REQUEST_LINE = re.compile(rb"(" + TOKEN + rb") ([^\x00-\x20\x7f]+) HTTP/([0-9])\.([0-9])\r\n")
 _STATUS_LINE = re.compile(rb"HTTP/([0-9])\.([0-9]) ([0-9]{3})(?: ([^\x00-\x08\x0a-\x1f\x7f]*))?\r\n")
-_VALUE = rb"([^\x00-\x08\x0a-\x1f\x7f]*)\r"  # field-content and obs-text: no CTLs but HTAB
-_FIELD = re.compile(rb"(" + TOKEN + rb"):[ \t]*" + _VALUE + rb"\n")
-# One findall reads every field line: a match runs from the LF before a line to the CR that ends it, so
-# matches start only at line starts (found by a fast scan for LF) and a bad line is skipped, never read from
-# its middle. `_fields` compares the count with the number of lines and explains a mismatch.
-_FIELDS = re.compile(rb"\n(" + TOKEN + rb"):[ \t]*" + _VALUE + rb"(?=\n)")
 _CHUNK_SIZE = re.compile(rb"([0-9A-Fa-f]{1,16})[ \t]*(?:;[^\x00-\x08\x0a-\x1f\x7f]*)?\r\n")
-
-# The fields framing looks at (indexes into the lists `_fields` collects); all others pass through untouched.
-_CONTENT_LENGTH, _TRANSFER_ENCODING, _CONNECTION, _HOST = 0, 1, 2, 3
-_FRAMING = {b"content-length": _CONTENT_LENGTH, b"transfer-encoding": _TRANSFER_ENCODING,
-            b"connection": _CONNECTION, b"host": _HOST}
-_FRAMING_LENGTHS = frozenset(len(name) for name in _FRAMING)
 
 IDLE, END, BODY, CHUNK_SIZE, CHUNK_DATA, CHUNK_END_STATE, TRAILERS, CLOSE_BODY, MUST_CLOSE, PAUSED_STATE, CLOSED, \
     ERROR = range(12)
@@ -131,7 +132,7 @@ class Parser:
         buf = self._buf
         if self._pos >= len(buf):
             self._buf, self._pos = (data if type(data) is bytes else bytes(data)), 0
-        elif type(buf) is bytes:
+        elif isinstance(buf, bytes):
             grown = bytearray(memoryview(buf)[self._pos:])
             grown += data
             self._buf, self._pos = grown, 0
@@ -224,7 +225,7 @@ class Parser:
             if major != b"1" or minor not in (b"0", b"1"):
                 raise ProtocolError(f"HTTP version {(major + b'.' + minor).decode()} is not supported "
                                     "(only 1.0 and 1.1)", 505)
-            headers, framing = self._fields(src, m.end(), limit)
+            headers, framing = parse_fields(src, m.end(), limit, self.max_header_count)
             return self._request(method, target, major + b"." + minor, headers, framing)
         m = _STATUS_LINE.match(src, start, limit)
         if m is None:
@@ -232,7 +233,7 @@ class Parser:
         major, minor, code, reason = m.groups()
         if major != b"1" or minor not in (b"0", b"1"):
             raise ProtocolError(f"HTTP version {(major + b'.' + minor).decode()} is not supported")
-        headers, framing = self._fields(src, m.end(), limit)
+        headers, framing = parse_fields(src, m.end(), limit, self.max_header_count)
         return self._response(int(code), reason or b"", major + b"." + minor, headers, framing)
 
     def _incomplete_head(self, buf: bytes | bytearray, pos: int) -> _Sentinel:
@@ -252,55 +253,23 @@ class Parser:
             raise ProtocolError(f"connection closed in the middle of a {what} head")
         return NEED_DATA
 
-    def _fields(self, src: bytes | bytearray, pos: int, limit: int) -> tuple[Headers, list[list[bytes]]]:
-        """The header (or trailer) lines from `pos` (just after a CRLF) to `limit`, and the framing fields' values."""
-        headers: Headers = _FIELDS.findall(src, pos - 1, limit)
-        n = len(headers)
-        # Each match ends in a CR followed by LF; with exactly n CRs and n LFs, every line matched and no CR
-        # or LF stands alone.
-        if src.count(b"\r", pos, limit) != n or src.count(b"\n", pos, limit) != n:
-            self._diagnose(src, pos, limit)
-        if n > self.max_header_count:
-            raise ProtocolError(f"too many header fields ({n}, at most {self.max_header_count})", 431)
-        if src.find(b" \r", pos, limit) >= 0 or src.find(b"\t\r", pos, limit) >= 0:  # rare: trailing whitespace
-            headers = [(name, value.rstrip(b" \t")) for name, value in headers]
-        framing: list[list[bytes]] = [[], [], [], []]
-        index, special = _FRAMING_LENGTHS, _FRAMING
-        for name, value in headers:
-            if len(name) in index:
-                kind = special.get(name.lower())
-                if kind is not None:
-                    framing[kind].append(value)
-        return headers, framing
-
-    @staticmethod
-    def _diagnose(src: bytes | bytearray, pos: int, limit: int) -> None:
-        """Raise the error for the first header line that does not parse."""
-        while pos < limit:
-            m = _FIELD.match(src, pos, limit)
-            if m is None:
-                eol = src.find(b"\r\n", pos, limit)
-                raise bad_field(bytes(src[pos:eol if eol >= 0 else limit]))
-            pos = m.end()
-        raise ProtocolError("malformed header section")  # not reached: some line failed above
-
     # --- framing (RFC 9112 §6) ----------------------------------------------------------------------
 
     def _request(self, method: bytes, target: bytes, version: bytes, headers: Headers,
                  framing: list[list[bytes]]) -> RequestHead:
         """A parsed request head; sets up the body state."""
-        hosts = framing[_HOST]
+        hosts = framing[HOST]
         if len(hosts) > 1:
             raise ProtocolError("more than one Host header field")
         if not hosts and version == b"1.1":
             raise ProtocolError("HTTP/1.1 request without a Host header field")
-        chunked = is_chunked(framing[_TRANSFER_ENCODING], version)
-        if chunked and framing[_CONTENT_LENGTH]:
+        chunked = is_chunked(framing[TRANSFER_ENCODING], version)
+        if chunked and framing[CONTENT_LENGTH]:
             raise ProtocolError("both Content-Length and Transfer-Encoding (request smuggling risk)")
-        length = None if chunked else content_length(framing[_CONTENT_LENGTH])
+        length = None if chunked else content_length(framing[CONTENT_LENGTH])
         if length is not None and self.max_body_bytes is not None and length > self.max_body_bytes:
             raise ProtocolError(f"request body of {length} bytes is larger than {self.max_body_bytes}", 413)
-        keep_alive = keep_alive_of(version, framing[_CONNECTION])
+        keep_alive = keep_alive_of(version, framing[CONNECTION])
         self._keep_alive, self._pause_after = keep_alive, method == b"CONNECT"
         self._start_body(chunked, length or 0)
         return RequestHead(method, target, headers, version, keep_alive, length, chunked)
@@ -311,7 +280,7 @@ class Parser:
         if not self._methods:
             raise ProtocolError("response received while no request is outstanding")
         method = self._methods[0]
-        keep_alive = keep_alive_of(version, framing[_CONNECTION])
+        keep_alive = keep_alive_of(version, framing[CONNECTION])
         head = ResponseHead(status, headers, reason, version, keep_alive)
         if status < 200:
             if status == 101:
@@ -321,10 +290,10 @@ class Parser:
         if method == b"CONNECT" and status < 300:
             self._state = PAUSED_STATE
             return head
-        chunked = is_chunked(framing[_TRANSFER_ENCODING], version)
-        if chunked and framing[_CONTENT_LENGTH]:
+        chunked = is_chunked(framing[TRANSFER_ENCODING], version)
+        if chunked and framing[CONTENT_LENGTH]:
             raise ProtocolError("both Content-Length and Transfer-Encoding")
-        length = None if chunked else content_length(framing[_CONTENT_LENGTH])
+        length = None if chunked else content_length(framing[CONTENT_LENGTH])
         self._keep_alive, self._pause_after = keep_alive, False
         if method == b"HEAD" or status == 204 or status == 304:
             self._start_body(False, 0)
@@ -429,8 +398,8 @@ class Parser:
             return self._need_more("trailer section")
         self._pos = end + 4
         section = b"\r\n" + buf[pos:end + 2]  # `_fields` wants a CRLF before the first line
-        trailers, framing = self._fields(section, 2, len(section))
-        if any(framing[k] for k in (_CONTENT_LENGTH, _TRANSFER_ENCODING, _HOST)):
+        trailers, framing = parse_fields(section, 2, len(section), self.max_header_count)
+        if any(framing[k] for k in (CONTENT_LENGTH, TRANSFER_ENCODING, HOST)):
             raise ProtocolError("framing or Host field in a trailer section")
         return self._end_of_message(trailers)
 

@@ -49,7 +49,15 @@ from functools import lru_cache
 from typing import Any
 from urllib.parse import parse_qsl
 
+from agents.l7.cluster import ClusterPolicy, ConnectionPoolLimits, LoadBalancerState, cluster_policy, pick_endpoint
+from agents.l7.http1_events import RequestHead
+from agents.l7.outlier import OutlierDetector, OutlierPolicy
 from agents.l7.retry import DEFAULT_RETRY, RetryPolicy, retry_policy
+
+# What a proxy needs from one import: route selection here, upstream decisions from agents.l7.cluster/outlier.
+__all__ = ["ClusterPolicy", "ConnectionPoolLimits", "Fault", "HeaderMutation", "LoadBalancerState",
+           "OutlierDetector", "OutlierPolicy", "RequestInfo", "RetryPolicy", "RouteDecision", "RouteTables",
+           "cluster_policy", "default_table", "pick_endpoint", "select_route"]
 
 Table = Mapping[str, Any]
 _RNG = random.Random()
@@ -73,6 +81,12 @@ class RequestInfo:
         path, _, query = target.partition("?")
         host = authority or next((v for n, v in headers if n.lower() == "host"), "")
         return cls(method, path, query, tuple(headers), host, port)
+
+    @classmethod
+    def from_head(cls, head: RequestHead, port: int | None = None) -> RequestInfo:
+        """A RequestInfo from a parsed HTTP/1.1 request head (bytes decoded as latin-1, as HTTP allows)."""
+        headers = [(n.decode("latin-1"), v.decode("latin-1")) for n, v in head.headers]
+        return cls.from_target(head.method.decode("latin-1"), head.target.decode("latin-1"), headers, port=port)
 
 
 @dataclass(frozen=True)

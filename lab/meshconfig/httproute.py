@@ -46,15 +46,15 @@ UNSUPPORTED_FILTERS = {"RequestRedirect": "redirects are not supported", "Reques
 GATEWAY_DURATION = re.compile(r"(?:[0-9]{1,5}(?:h|m|s|ms)){1,4}")
 
 UNSUPPORTED: dict[str, list[tuple[dict[str, bool], str]]] = {
-    "hostnames": [(HTTP_ROUTE_SPEC, "hostnames do not apply to routes attached to a Service (it is the service's "
-                                    "own name that requests are sent to)")],
-    "sectionName": [(PARENT_REF, "sectionName is not supported; use port")],
-    "sessionPersistence": [(RULE, "sessionPersistence is not supported")],
-    "filters": [(BACKEND_REF, "filters per backend are not supported; put filters on the rule")],
-    "requestRedirect": [(FILTER, "the RequestRedirect filter is not supported")],
-    "requestMirror": [(FILTER, "the RequestMirror filter is not supported")],
-    "extensionRef": [(FILTER, "the ExtensionRef filter is not supported")],
-    "cors": [(FILTER, "the CORS filter is not supported")],
+    "hostnames": [(HTTP_ROUTE_SPEC, "a route attached to a Service routes the requests sent to that service, "
+                                    "whatever their host")],
+    "sectionName": [(PARENT_REF, "use port")],
+    "sessionPersistence": [(RULE, "meshlab's proxies keep no sessions")],
+    "filters": [(BACKEND_REF, "put filters on the rule")],
+    "requestRedirect": [(FILTER, "redirects are not supported")],
+    "requestMirror": [(FILTER, "mirroring is not supported")],
+    "extensionRef": [(FILTER, "meshlab has no filter extensions")],
+    "cors": [(FILTER, "CORS is not supported")],
 }
 
 

@@ -56,60 +56,60 @@ RETRY_ON = ("5xx", "gateway-error", "reset", "connect-failure", "refused-stream"
             "retriable-status-codes", "unavailable", "cancelled")
 UINT32 = 2**32 - 1
 
-_MIRROR = "mirroring is not supported (meshlab's proxies send each request to one destination)"
-# Istio fields meshlab refuses: {field: [(the mapping it belongs to, why)]}.
+_MIRROR = "meshlab's proxies send each request to one destination (no mirroring)"
+_EVERYWHERE = "meshlab config is visible in every namespace"
+# Istio fields meshlab refuses: {field: [(the mapping it belongs to, why)]}; reported as "field 'x' is not
+# supported: <why>".
 UNSUPPORTED: dict[str, list[tuple[dict[str, bool], str]]] = {
-    "tls": [(VIRTUAL_SERVICE, "TLS routes are not supported; meshlab routes HTTP (use http)"),
-            (TRAFFIC_POLICY, "tls settings are not supported: traffic between meshlab proxies is always "
-                             "Istio mutual TLS")],
-    "tcp": [(VIRTUAL_SERVICE, "TCP routes are not supported; meshlab routes HTTP (use http)")],
-    "exportTo": [(VIRTUAL_SERVICE, "exportTo is not supported: meshlab config is visible in every namespace"),
-                 (DESTINATION_RULE, "exportTo is not supported: meshlab config is visible in every namespace")],
-    "workloadSelector": [(DESTINATION_RULE, "workloadSelector is not supported")],
-    "redirect": [(HTTP_ROUTE, "redirect is not supported; use route or directResponse")],
-    "delegate": [(HTTP_ROUTE, "delegate is not supported (it serves gateways)")],
+    "tls": [(VIRTUAL_SERVICE, "meshlab routes HTTP only (use http)"),
+            (TRAFFIC_POLICY, "traffic between meshlab proxies is always Istio mutual TLS")],
+    "tcp": [(VIRTUAL_SERVICE, "meshlab routes HTTP only (use http)")],
+    "exportTo": [(VIRTUAL_SERVICE, _EVERYWHERE), (DESTINATION_RULE, _EVERYWHERE)],
+    "workloadSelector": [(DESTINATION_RULE, "a rule applies to every client of the host")],
+    "redirect": [(HTTP_ROUTE, "use route or directResponse")],
+    "delegate": [(HTTP_ROUTE, "delegation serves gateways, and meshlab has none")],
     "mirror": [(HTTP_ROUTE, _MIRROR)], "mirrors": [(HTTP_ROUTE, _MIRROR)],
     "mirrorPercentage": [(HTTP_ROUTE, _MIRROR)], "mirrorPercent": [(HTTP_ROUTE, _MIRROR)],
     "mirror_percent": [(HTTP_ROUTE, _MIRROR)],
-    "corsPolicy": [(HTTP_ROUTE, "corsPolicy is not supported")],
-    "scheme": [(MATCH, "matching on scheme is not supported (meshlab's proxies see plain HTTP)")],
-    "sourceLabels": [(MATCH, "sourceLabels is not supported; route by headers, or use an AuthorizationPolicy")],
-    "sourceNamespace": [(MATCH, "sourceNamespace is not supported")],
-    "gateways": [(MATCH, "gateways in a match is not supported (meshlab has no gateways)")],
-    "statPrefix": [(MATCH, "statPrefix is not supported")],
-    "headers": [(ROUTE_DESTINATION, "headers per destination are not supported; set headers on the route")],
-    "uriRegexRewrite": [(REWRITE, "uriRegexRewrite is not supported; use uri")],
-    "retryRemoteLocalities": [(RETRIES, "retryRemoteLocalities is not supported (meshlab has one locality)")],
-    "retryIgnorePreviousHosts": [(RETRIES, "retryIgnorePreviousHosts is not supported")],
-    "exponentialDelay": [(DELAY, "exponentialDelay is not supported; use fixedDelay")],
-    "grpcStatus": [(ABORT, "grpcStatus is not supported; use httpStatus")],
-    "http2Error": [(ABORT, "http2Error is not supported; use httpStatus")],
-    "bytes": [(BODY, "a bytes body is not supported; use string")],
-    "portLevelSettings": [(TRAFFIC_POLICY, "portLevelSettings is not supported; use one policy for all ports")],
-    "tunnel": [(TRAFFIC_POLICY, "tunnel is not supported")],
-    "proxyProtocol": [(TRAFFIC_POLICY, "proxyProtocol is not supported")],
-    "retryBudget": [(TRAFFIC_POLICY, "retryBudget is not supported; use connectionPool.http.maxRetries")],
-    "consistentHash": [(LOAD_BALANCER, "consistentHash is not supported; use simple")],
-    "localityLbSetting": [(LOAD_BALANCER, "localityLbSetting is not supported (meshlab has one locality)")],
-    "warmupDurationSecs": [(LOAD_BALANCER, "warmupDurationSecs is not supported")],
-    "warmup": [(LOAD_BALANCER, "warmup is not supported")],
-    "tcpKeepalive": [(TCP_SETTINGS, "tcpKeepalive is not supported")],
-    "maxConnectionDuration": [(TCP_SETTINGS, "maxConnectionDuration is not supported")],
-    "idleTimeout": [(TCP_SETTINGS, "tcp.idleTimeout is not supported; use http.idleTimeout")],
-    "h2UpgradePolicy": [(HTTP_SETTINGS, "h2UpgradePolicy is not supported (meshlab's proxies speak HTTP/1.1 to "
-                                        "applications)")],
-    "useClientProtocol": [(HTTP_SETTINGS, "useClientProtocol is not supported")],
-    "maxConcurrentStreams": [(HTTP_SETTINGS, "maxConcurrentStreams is not supported")],
-    "consecutiveErrors": [(OUTLIER_DETECTION, "consecutiveErrors is deprecated in Istio and not supported; use "
-                                              "consecutive5xxErrors")],
-    "splitExternalLocalOriginErrors": [(OUTLIER_DETECTION, "splitExternalLocalOriginErrors is not supported")],
-    "consecutiveLocalOriginFailures": [(OUTLIER_DETECTION, "consecutiveLocalOriginFailures is not supported")],
+    "corsPolicy": [(HTTP_ROUTE, "meshlab's proxies do not answer CORS preflights")],
+    "scheme": [(MATCH, "meshlab's proxies see plain HTTP")],
+    "sourceLabels": [(MATCH, "route by headers, or control access with an AuthorizationPolicy")],
+    "sourceNamespace": [(MATCH, "route by headers, or control access with an AuthorizationPolicy")],
+    "gateways": [(MATCH, "meshlab has no gateways")],
+    "statPrefix": [(MATCH, "meshlab's metrics have no per-route prefixes")],
+    "headers": [(ROUTE_DESTINATION, "set headers on the route, not per destination")],
+    "uriRegexRewrite": [(REWRITE, "use uri")],
+    "retryRemoteLocalities": [(RETRIES, "meshlab has one locality")],
+    "retryIgnorePreviousHosts": [(RETRIES, "retries may go to any endpoint")],
+    "exponentialDelay": [(DELAY, "use fixedDelay")],
+    "grpcStatus": [(ABORT, "use httpStatus")],
+    "http2Error": [(ABORT, "use httpStatus")],
+    "bytes": [(BODY, "use string")],
+    "portLevelSettings": [(TRAFFIC_POLICY, "one policy applies to all ports")],
+    "tunnel": [(TRAFFIC_POLICY, "meshlab tunnels with HBONE only")],
+    "proxyProtocol": [(TRAFFIC_POLICY, "meshlab's proxies do not send PROXY protocol headers")],
+    "retryBudget": [(TRAFFIC_POLICY, "use connectionPool.http.maxRetries")],
+    "consistentHash": [(LOAD_BALANCER, "use simple")],
+    "localityLbSetting": [(LOAD_BALANCER, "meshlab has one locality")],
+    "warmupDurationSecs": [(LOAD_BALANCER, "endpoints take full load at once")],
+    "warmup": [(LOAD_BALANCER, "endpoints take full load at once")],
+    "tcpKeepalive": [(TCP_SETTINGS, "the operating system's keepalive settings apply")],
+    "maxConnectionDuration": [(TCP_SETTINGS, "connections live until idle")],
+    "idleTimeout": [(TCP_SETTINGS, "use http.idleTimeout")],
+    "h2UpgradePolicy": [(HTTP_SETTINGS, "meshlab's proxies speak HTTP/1.1 to applications")],
+    "useClientProtocol": [(HTTP_SETTINGS, "meshlab's proxies speak HTTP/1.1 to applications")],
+    "maxConcurrentStreams": [(HTTP_SETTINGS, "meshlab's proxies speak HTTP/1.1 to applications")],
+    "consecutiveErrors": [(OUTLIER_DETECTION, "it is deprecated in Istio; use consecutive5xxErrors")],
+    "splitExternalLocalOriginErrors": [(OUTLIER_DETECTION, "connection errors always count as 5xx")],
+    "consecutiveLocalOriginFailures": [(OUTLIER_DETECTION, "connection errors always count as 5xx")],
 }
 
 GO_DURATION = re.compile(r"(?:\d+(?:\.\d*)?|\.\d+)(?:ns|us|µs|ms|s|m|h)")
 UNIT_SECONDS = {"ns": 1e-9, "us": 1e-6, "µs": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0}
 FQDN = re.compile(r"([a-z0-9]([-a-z0-9]*[a-z0-9])?)\.([a-z0-9]([-a-z0-9]*[a-z0-9])?)\.svc(\.[a-z0-9.-]+)?\Z")
-HEADER_NAME = re.compile(r"[-!#$%&'*+.^_`|~0-9a-z]+\Z")
+HEADER_NAME = re.compile(r"[-!#$%&'*+.^_`|~0-9a-z]+\Z")  # as Istio matches them: lower case
+HEADER_NAME_ANY_CASE = re.compile(r"[-!#$%&'*+.^_`|~0-9A-Za-z]+\Z")
+_GO_DURATIONS = re.compile(f"(?:{GO_DURATION.pattern})+")
 
 
 def parse_duration(text: str) -> float:
@@ -421,6 +421,3 @@ class NetworkingWalker(SecurityWalker):
             self.report(node, path, f"duration '{text}' must be at least 1ms")
         return seconds
 
-
-_GO_DURATIONS = re.compile(f"(?:{GO_DURATION.pattern})+")
-HEADER_NAME_ANY_CASE = re.compile(r"[-!#$%&'*+.^_`|~0-9A-Za-z]+\Z")

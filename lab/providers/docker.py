@@ -65,6 +65,9 @@ def engine(timeout: float = 60.0) -> Any:
         client = docker.from_env(timeout=int(timeout))
         client.ping()
     except (docker.errors.DockerException, OSError) as e:
+        if _reason(e) == "permission denied":
+            raise ProvisionError("the Docker engine refuses this user (permission denied on its socket): "
+                                 "run as root or join the `docker` group") from None
         raise ProvisionError(f"no Docker engine answers ({_reason(e)}): {START_ENGINE}") from None
     return client
 
@@ -125,8 +128,8 @@ class DockerProvider(Provider):
             return await asyncio.to_thread(run)
         except ProvisionError:
             raise
-        except docker.errors.ImageNotFound as e:
-            raise ProvisionError(f"{what}: {e.explanation or e}: build the node image with "
+        except docker.errors.ImageNotFound:
+            raise ProvisionError(f"{what}: no such image: build the node image with "
                                  "`meshlab image build --offline`") from None
         except docker.errors.APIError as e:
             raise ProvisionError(f"{what}: {e.explanation or e}") from None
@@ -303,12 +306,14 @@ class DockerProvider(Provider):
         container = await self._container(name, required=False)
         if container is not None:
             if container.status == "running":
-                try:  # let the supervisor stop its processes in order (SIGTERM, then SIGKILL after 3 s)
+                try:
+                    if os.geteuid() != 0:  # hand the files the node's root made back to the host user
+                        await self.exec(name, ["chown", "-R", f"{os.geteuid()}:{os.getegid()}",
+                                               str(self.node_dir(name))])
+                    # The supervisor stops its processes in order (SIGTERM, then SIGKILL after 3 s), then exits.
                     await self._call(name, "shutdown", timeout=STOP_TIMEOUT)
                 except ProvisionError:
                     pass
-                if os.geteuid() != 0:  # hand files the node's root made back to the host user
-                    await self.exec(name, ["chown", "-R", f"{os.geteuid()}:{os.getegid()}", str(self.node_dir(name))])
             await self._forget(name)
             await self._docker(f"node {name}: remove its container",
                                lambda client: _remove_quietly(container, force=True))

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import shutil
 import signal
 import subprocess
 from pathlib import Path
@@ -61,6 +62,7 @@ async def lab(request):
     assert started
     yield name, client
     await asyncio.to_thread(kill_tagged, name)
+    shutil.rmtree(lab_dir(name), ignore_errors=True)
 
 
 def agent(name: str, node: str, token: str, seen: list, reject: bool = False) -> AgentChannel:

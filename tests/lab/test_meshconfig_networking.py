@@ -508,3 +508,209 @@ def test_networking_objects_are_stored_like_the_others(tmp_path):
                         ("HTTPRoute", "other/reviews", "created")]
     assert [o.kind for o in store.get("vs")] == ["VirtualService"]
     assert sorted(to_agent_json(store.objects())["routeTables"]) == ["reviews.bookinfo", "reviews.other"]
+
+
+# --- errors: every problem, by file, line and field ----------------------------------------------------------
+
+VS_HEAD = ("apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata:\n  name: reviews\n"
+           "  namespace: bookinfo\nspec:\n")
+DR_HEAD = VS_HEAD.replace("VirtualService", "DestinationRule")
+RT_HEAD = VS_HEAD.replace("networking.istio.io/v1", "gateway.networking.k8s.io/v1").replace("VirtualService",
+                                                                                           "HTTPRoute")
+ROUTE = "http:\n- route:\n  - destination:\n      host: reviews\n"  # a valid http section, from line 8 or 9
+PARENT = "parentRefs:\n- {group: '', kind: Service, name: reviews}\n"  # lines 7-8
+
+
+def spec_of(head: str, body: str) -> str:
+    return head + textwrap.indent(body, "  ")
+
+
+def vs_route(body: str) -> str:
+    """A VirtualService whose one http route has these fields, from line 9."""
+    return spec_of(VS_HEAD, "hosts: [reviews]\nhttp:\n- " + textwrap.indent(body, "  ")[2:])
+
+
+ERRORS = [
+    ("host-name-dot-namespace", spec_of(VS_HEAD, "hosts: [reviews.bookinfo]\n" + ROUTE),
+     ["spec.hosts[0]: host 'reviews.bookinfo' is not a service of the lab: use a short name like 'reviews' or "
+      "an FQDN like 'reviews.bookinfo.svc.cluster.local' (Istio reads 'reviews.bookinfo' as an external host; "
+      "write 'reviews.bookinfo.svc.cluster.local') (net.yaml:7)"]),
+    ("host-wildcard", spec_of(VS_HEAD, "hosts: ['*.bookinfo.svc.cluster.local']\n" + ROUTE),
+     ["spec.hosts[0]: host '*.bookinfo.svc.cluster.local' is not a service of the lab: use a short name like "
+      "'reviews' or an FQDN like 'reviews.bookinfo.svc.cluster.local' (net.yaml:7)"]),
+    ("tcp-routes", spec_of(VS_HEAD, "hosts: [reviews]\n" + ROUTE + "tcp:\n- route: []\n"),
+     ["spec.tcp: field 'tcp' is not supported: meshlab routes HTTP only (use http) (net.yaml:12)"]),
+    ("gateway-not-mesh", spec_of(VS_HEAD, "hosts: [reviews]\ngateways: [bookinfo-gateway]\n" + ROUTE),
+     ["spec.gateways[0]: only the 'mesh' gateway is supported (meshlab has no gateways) (net.yaml:8)"]),
+    ("no-http", spec_of(VS_HEAD, "hosts: [reviews]\n"),
+     ["spec: missing required field 'http' (net.yaml:7)"]),
+    ("mirror", vs_route("route:\n- destination: {host: reviews}\nmirror:\n  host: reviews\n"),
+     ["spec.http[0].mirror: field 'mirror' is not supported: meshlab's proxies send each request to one "
+      "destination (no mirroring) (net.yaml:11)"]),
+    ("source-labels",
+     vs_route("match:\n- sourceLabels: {app: productpage}\nroute:\n- destination: {host: reviews}\n"),
+     ["spec.http[0].match[0].sourceLabels: field 'sourceLabels' is not supported: route by headers, or control "
+      "access with an AuthorizationPolicy (net.yaml:10)"]),
+    ("uri-two-kinds", vs_route("match:\n- uri: {exact: /a, prefix: /a}\nroute:\n- destination: {host: reviews}\n"),
+     ["spec.http[0].match[0].uri: set exactly one of exact, prefix and regex (net.yaml:10)"]),
+    ("uri-empty", vs_route("match:\n- uri: {}\nroute:\n- destination: {host: reviews}\n"),
+     ["spec.http[0].match[0].uri: set exactly one of exact, prefix and regex (net.yaml:10)"]),
+    ("bad-regex", vs_route("match:\n- uri: {regex: '/a(['}\nroute:\n- destination: {host: reviews}\n"),
+     ["spec.http[0].match[0].uri.regex: invalid regex '/a([': unterminated character set at position 3 "
+      "(net.yaml:10)"]),
+    ("header-upper-case",
+     vs_route("match:\n- headers: {End-User: {exact: jason}}\nroute:\n- destination: {host: reviews}\n"),
+     ["spec.http[0].match[0].headers.End-User: header name 'End-User' must be lower case (Istio matches "
+      "headers by lower-case name) (net.yaml:10)"]),
+    ("query-prefix", vs_route("match:\n- queryParams: {u: {prefix: norm}}\nroute:\n- destination: {host: reviews}\n"),
+     ["spec.http[0].match[0].queryParams.u.prefix: prefix matching of query parameters is not supported by "
+      "Istio; use exact or regex (net.yaml:10)"]),
+    ("route-and-direct", vs_route("route:\n- destination: {host: reviews}\ndirectResponse: {status: 503}\n"),
+     ["spec.http[0]: set exactly one of route and directResponse (net.yaml:9)"]),
+    ("neither-route-nor-direct", vs_route("timeout: 1s\n"),
+     ["spec.http[0]: set exactly one of route and directResponse (net.yaml:9)"]),
+    ("unreachable-route",
+     spec_of(VS_HEAD, "hosts: [reviews]\nhttp:\n- route:\n  - destination: {host: reviews, subset: v1}\n"
+                      "- route:\n  - destination: {host: reviews, subset: v2}\n"),
+     ["spec.http[0]: only the last HTTP route may have no match (this one hides the ones after it) (net.yaml:9)"]),
+    ("weight-too-big", vs_route("route:\n- destination: {host: reviews}\n  weight: 101\n"),
+     ["spec.http[0].route[0].weight: 101 is out of range 0-100 (net.yaml:11)"]),
+    ("weights-missing",
+     vs_route("route:\n- destination: {host: reviews, subset: v1}\n- destination: {host: reviews, subset: v2}\n"),
+     ["spec.http[0].route: give the destinations weights (they are split by weight; Istio's examples make them "
+      "add up to 100) (net.yaml:10)"]),
+    ("timeout-integer", vs_route("route:\n- destination: {host: reviews}\ntimeout: 10\n"),
+     ["spec.http[0].timeout: expected a duration like '500ms', '2s' or '1m', got an integer (10) (net.yaml:11)"]),
+    ("timeout-no-unit", vs_route("route:\n- destination: {host: reviews}\ntimeout: '10'\n"),
+     ["spec.http[0].timeout: expected a duration like '500ms', '2s' or '1m', got a string '10' (net.yaml:11)"]),
+    ("retry-on-unknown",
+     vs_route("route:\n- destination: {host: reviews}\nretries: {attempts: 3, retryOn: '5xx,timeout'}\n"),
+     ["spec.http[0].retries.retryOn: unknown retry condition 'timeout'; expected status codes or: 5xx, "
+      "gateway-error, reset, connect-failure, refused-stream, retriable-4xx, retriable-status-codes, "
+      "unavailable, cancelled (net.yaml:11)"]),
+    ("per-try-zero", vs_route("route:\n- destination: {host: reviews}\nretries: {attempts: 3, perTryTimeout: 0s}\n"),
+     ["spec.http[0].retries.perTryTimeout: duration '0s' must be more than zero (net.yaml:11)"]),
+    ("fault-empty", vs_route("route:\n- destination: {host: reviews}\nfault: {}\n"),
+     ["spec.http[0].fault: fault is empty; set delay or abort (net.yaml:11)"]),
+    ("delay-without-fixed-delay",
+     vs_route("route:\n- destination: {host: reviews}\nfault:\n  delay:\n    percentage: {value: 10}\n"),
+     ["spec.http[0].fault.delay: missing required field 'fixedDelay' (net.yaml:13)"]),
+    ("abort-grpc",
+     vs_route("route:\n- destination: {host: reviews}\nfault:\n  abort:\n    grpcStatus: UNAVAILABLE\n"),
+     ["spec.http[0].fault.abort.grpcStatus: field 'grpcStatus' is not supported: use httpStatus (net.yaml:13)",
+      "spec.http[0].fault.abort: missing required field 'httpStatus' (net.yaml:13)"]),
+    ("abort-status-range", vs_route("route:\n- destination: {host: reviews}\nfault:\n  abort:\n    httpStatus: 99\n"),
+     ["spec.http[0].fault.abort.httpStatus: 99 is out of range 200-599 (net.yaml:13)"]),
+    ("percentage-over-100",
+     vs_route("route:\n- destination: {host: reviews}\nfault:\n  abort:\n    httpStatus: 503\n"
+              "    percentage: {value: 150}\n"),
+     ["spec.http[0].fault.abort.percentage.value: 150 is out of range 0-100 (net.yaml:14)"]),
+    ("destination-port-number", vs_route("route:\n- destination:\n    host: reviews\n    port: 9080\n"),
+     ["spec.http[0].route[0].destination.port: expected a mapping, got an integer (9080) (net.yaml:12)"]),
+    ("subset-upper-case", vs_route("route:\n- destination: {host: reviews, subset: V1}\n"),
+     ["spec.http[0].route[0].destination.subset: invalid subset name 'V1' (net.yaml:10)"]),
+    ("rewrite-no-slash", vs_route("route:\n- destination: {host: reviews}\nrewrite: {uri: v2}\n"),
+     ["spec.http[0].rewrite.uri: rewrite uri 'v2' must start with '/' (net.yaml:11)"]),
+    ("uri-regex-rewrite",
+     vs_route("route:\n- destination: {host: reviews}\nrewrite:\n  uriRegexRewrite: {match: a, rewrite: b}\n"),
+     ["spec.http[0].rewrite.uriRegexRewrite: field 'uriRegexRewrite' is not supported: use uri (net.yaml:12)"]),
+    ("header-set-list", vs_route("route:\n- destination: {host: reviews}\nheaders:\n  request:\n    set: [x-a]\n"),
+     ["spec.http[0].headers.request.set: expected a mapping, got a list (net.yaml:13)"]),
+    ("dr-tls", spec_of(DR_HEAD, "host: reviews\ntrafficPolicy:\n  tls: {mode: ISTIO_MUTUAL}\n"),
+     ["spec.trafficPolicy.tls: field 'tls' is not supported: traffic between meshlab proxies is always Istio "
+      "mutual TLS (net.yaml:9)"]),
+    ("dr-consistent-hash",
+     spec_of(DR_HEAD, "host: reviews\ntrafficPolicy:\n  loadBalancer:\n"
+                      "    consistentHash: {httpHeaderName: x-user}\n"),
+     ["spec.trafficPolicy.loadBalancer.consistentHash: field 'consistentHash' is not supported: use simple "
+      "(net.yaml:10)",
+      "spec.trafficPolicy.loadBalancer: missing required field 'simple' (net.yaml:10)"]),
+    ("dr-lb-unknown", spec_of(DR_HEAD, "host: reviews\ntrafficPolicy:\n"
+                                       "  loadBalancer: {simple: LEAST_CONNECTIONS}\n"),
+     ["spec.trafficPolicy.loadBalancer.simple: unknown load balancer 'LEAST_CONNECTIONS'; expected one of: "
+      "UNSPECIFIED, ROUND_ROBIN, LEAST_REQUEST, LEAST_CONN, RANDOM, PASSTHROUGH (net.yaml:9)"]),
+    ("dr-subset-twice",
+     spec_of(DR_HEAD, "host: reviews\nsubsets:\n- name: v1\n  labels: {version: v1}\n- name: v1\n"
+                      "  labels: {version: v2}\n"),
+     ["spec.subsets[1].name: duplicate subset 'v1' (first at line 9) (net.yaml:11)"]),
+    ("dr-subset-no-labels", spec_of(DR_HEAD, "host: reviews\nsubsets:\n- name: v1\n"),
+     ["spec.subsets[0]: a subset needs labels to select its endpoints (net.yaml:9)"]),
+    ("dr-consecutive-errors",
+     spec_of(DR_HEAD, "host: reviews\ntrafficPolicy:\n  outlierDetection:\n    consecutiveErrors: 5\n"),
+     ["spec.trafficPolicy.outlierDetection.consecutiveErrors: field 'consecutiveErrors' is not supported: it "
+      "is deprecated in Istio; use consecutive5xxErrors (net.yaml:10)"]),
+    ("dr-ejection-percent",
+     spec_of(DR_HEAD, "host: reviews\ntrafficPolicy:\n  outlierDetection:\n    maxEjectionPercent: 120\n"),
+     ["spec.trafficPolicy.outlierDetection.maxEjectionPercent: 120 is out of range 0-100 (net.yaml:10)"]),
+    ("dr-max-connections-zero",
+     spec_of(DR_HEAD, "host: reviews\ntrafficPolicy:\n  connectionPool:\n    tcp: {maxConnections: 0}\n"),
+     ["spec.trafficPolicy.connectionPool.tcp.maxConnections: 0 is out of range 1-4294967295 (net.yaml:10)"]),
+    ("dr-interval-space", spec_of(DR_HEAD, "host: reviews\ntrafficPolicy:\n  outlierDetection:\n    interval: 1 s\n"),
+     ["spec.trafficPolicy.outlierDetection.interval: expected a duration like '500ms', '2s' or '1m', got a "
+      "string '1 s' (net.yaml:10)"]),
+    ("dr-h2-upgrade",
+     spec_of(DR_HEAD, "host: reviews\ntrafficPolicy:\n  connectionPool:\n    http: {h2UpgradePolicy: UPGRADE}\n"),
+     ["spec.trafficPolicy.connectionPool.http.h2UpgradePolicy: field 'h2UpgradePolicy' is not supported: "
+      "meshlab's proxies speak HTTP/1.1 to applications (net.yaml:10)"]),
+    ("dr-no-host", spec_of(DR_HEAD, "subsets: []\n"),
+     ["spec: missing required field 'host' (net.yaml:7)"]),
+    ("route-parent-gateway", spec_of(RT_HEAD, "parentRefs:\n- name: bookinfo-gateway\n"),
+     ['spec.parentRefs[0]: parentRefs must name a Service (group: "", kind: Service), not Gateway: meshlab has '
+      "no Gateways; attach the route to the service it routes (Gateway API for the mesh) (net.yaml:8)"]),
+    ("route-hostnames", spec_of(RT_HEAD, PARENT + "hostnames: [reviews.example.com]\n"),
+     ["spec.hostnames: field 'hostnames' is not supported: a route attached to a Service routes the requests "
+      "sent to that service, whatever their host (net.yaml:9)"]),
+    ("route-parent-other-namespace",
+     spec_of(RT_HEAD, "parentRefs:\n- {group: '', kind: Service, name: reviews, namespace: shop}\n"),
+     ["spec.parentRefs[0].namespace: a parent Service in another namespace (a consumer route) is not "
+      "supported; put the route in the service's namespace (net.yaml:8)"]),
+    ("route-backend-other-namespace",
+     spec_of(RT_HEAD, PARENT + "rules:\n- backendRefs:\n  - {name: reviews, namespace: shop, port: 9080}\n"),
+     ["spec.rules[0].backendRefs[0].namespace: a backend in another namespace needs a ReferenceGrant, which "
+      "meshlab does not support (net.yaml:11)"]),
+    ("route-backend-no-port", spec_of(RT_HEAD, PARENT + "rules:\n- backendRefs:\n  - {name: reviews-v1}\n"),
+     ["spec.rules[0].backendRefs[0]: missing required field 'port' (net.yaml:11)"]),
+    ("route-mirror-filter",
+     spec_of(RT_HEAD, PARENT + "rules:\n- filters:\n  - type: RequestMirror\n"
+                               "    requestMirror: {backendRef: {name: x, port: 80}}\n"),
+     ["spec.rules[0].filters[0].type: filter RequestMirror is not supported (mirroring is not supported) "
+      "(net.yaml:11)",
+      "spec.rules[0].filters[0].requestMirror: field 'requestMirror' is not supported: mirroring is not "
+      "supported (net.yaml:12)"]),
+    ("route-path-type", spec_of(RT_HEAD, PARENT + "rules:\n- matches:\n  - path: {type: Prefix, value: /api}\n"),
+     ["spec.rules[0].matches[0].path.type: unknown path match type 'Prefix'; expected one of: Exact, "
+      "PathPrefix, RegularExpression (net.yaml:11)"]),
+    ("route-prefix-rewrite-exact",
+     spec_of(RT_HEAD, PARENT + "rules:\n- matches:\n  - path: {type: Exact, value: /a}\n  filters:\n"
+                               "  - type: URLRewrite\n    urlRewrite:\n"
+                               "      path: {type: ReplacePrefixMatch, replacePrefixMatch: /b}\n"),
+     ["spec.rules[0].filters[0].urlRewrite.path.type: ReplacePrefixMatch needs a PathPrefix match (net.yaml:15)"]),
+    ("route-method-lower", spec_of(RT_HEAD, PARENT + "rules:\n- matches:\n  - method: get\n"),
+     ["spec.rules[0].matches[0].method: unknown method 'get'; expected one of: GET, HEAD, POST, PUT, DELETE, "
+      "CONNECT, OPTIONS, TRACE, PATCH (net.yaml:11)"]),
+    ("route-retry-code", spec_of(RT_HEAD, PARENT + "rules:\n- retry: {attempts: 2, codes: [200]}\n"),
+     ["spec.rules[0].retry.codes[0]: 200 is out of range 400-599 (net.yaml:10)"]),
+    ("route-backend-timeout-longer",
+     spec_of(RT_HEAD, PARENT + "rules:\n- timeouts: {request: 1s, backendRequest: 2s}\n"),
+     ["spec.rules[0].timeouts.backendRequest: backendRequest must not be longer than request (net.yaml:10)"]),
+    ("route-duration-decimal", spec_of(RT_HEAD, PARENT + "rules:\n- timeouts: {request: 1.5s}\n"),
+     ["spec.rules[0].timeouts.request: expected a duration like '10s' or '500ms', got a string '1.5s' "
+      "(net.yaml:10)"]),
+    ("route-filter-twice",
+     spec_of(RT_HEAD, PARENT + "rules:\n- filters:\n  - type: RequestHeaderModifier\n"
+                               "    requestHeaderModifier: {remove: [a]}\n  - type: RequestHeaderModifier\n"
+                               "    requestHeaderModifier: {remove: [b]}\n"),
+     ["spec.rules[0].filters[1].type: duplicate filter RequestHeaderModifier (first at line 11) (net.yaml:13)"]),
+    ("route-session-persistence", spec_of(RT_HEAD, PARENT + "rules:\n- sessionPersistence: {sessionName: s}\n"),
+     ["spec.rules[0].sessionPersistence: field 'sessionPersistence' is not supported: meshlab's proxies keep "
+      "no sessions (net.yaml:10)"]),
+    ("missing-spec", VS_HEAD[:-6],
+     ["missing required field 'spec' (net.yaml:1)"]),
+]
+
+
+@pytest.mark.parametrize("text, expected", [c[1:] for c in ERRORS], ids=[c[0] for c in ERRORS])
+def test_errors_name_file_line_and_field(text, expected):
+    with pytest.raises(ConfigError) as info:
+        parse_config(text, "/somewhere/net.yaml")
+    assert [str(p) for p in info.value.problems] == expected

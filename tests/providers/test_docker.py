@@ -61,6 +61,8 @@ def node_image() -> str:
     try:
         engine(timeout=10).close()
     except ProvisionError as e:
+        if os.environ.get("CI"):  # CI installs and starts the engine (.ci/run): nothing is skipped there
+            pytest.fail(f"no Docker engine in CI: {e}")
         pytest.skip(f"no Docker engine: {e}")
     with _test_timer_paused():
         result = image.build(offline=True)
@@ -91,9 +93,13 @@ async def provider(lab_name: str, tmp_path: Path, node_image: str) -> AsyncItera
 
 
 @pytest.fixture
-def address_block() -> str:
+def address_block(node_image: str) -> str:
     """A /24 of 10.210.0.0/16 no Docker network or host route uses: `10.210.<n>`."""
-    taken = _taken_subnets(engine())
+    client = engine()
+    try:
+        taken = _taken_subnets(client)
+    finally:
+        client.close()
     for _ in range(1000):
         net = ipaddress.ip_network(f"10.210.{random.randrange(0, 256)}.0/24")
         if not any(net.overlaps(t) for t in taken):
@@ -159,7 +165,7 @@ def _ready(provider: Provider, node: str, name: str) -> Callable[[], Awaitable[b
     return check
 
 
-async def _connects(provider: Provider, node: str, address: str, timeout: float = 1.0) -> bool:
+async def _connects(provider: Provider, node: str, address: str, timeout: float = 0.5) -> bool:
     result = await provider.exec(node, ["python3", "-c", CONNECT, address, "18080", f"{timeout:g}"], timeout=20)
     return result.exit_code == 0
 
@@ -415,6 +421,14 @@ async def test_clean_after_the_lab_process_was_sigkilled(lab_name: str, tmp_path
     assert sorted(removed) == sorted(left)
     assert await asyncio.to_thread(_labelled, lab_name) == []
     assert await DockerProvider.clean(lab_name) == []
+
+
+async def test_node_whose_supervisor_cannot_start_is_reported(provider: DockerProvider, node_address: str,
+                                                              tmp_path: Path) -> None:
+    broken = tmp_path / "agents.pyz"
+    broken.write_text("not a zipapp")
+    with pytest.raises(ProvisionError, match=r"node-1: its container stopped at start .*docker logs"):
+        await provider.create_node(NodeSpec(provider.lab, "node-1", 0, node_address), broken)
 
 
 async def test_missing_image_and_missing_engine_say_what_to_do(provider: DockerProvider, agent_pyz: Path,

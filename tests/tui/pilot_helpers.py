@@ -49,9 +49,9 @@ async def seed_recorded_history(pilot: Pilot[Any], recording: dict[str, Any]) ->
     await settle(pilot)
     app = pilot.app
     assert isinstance(app, MeshLabApp) and app.main_screen is not None and app.main_screen.snapshot is not None
-    screen = app.main_screen
+    screen, snapshot = app.main_screen, app.main_screen.snapshot
     screen.history.clear()
     for sample in recording["traffic"][:-1]:
         screen.history.add(edges_of(sample))
-    screen.post_message(LabPolled(screen.snapshot))
+    screen.post_message(LabPolled(snapshot))
     await settle(pilot)

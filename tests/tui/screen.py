@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import io
+from typing import Any
 
 from rich.console import Console
 from textual.app import App
 
 
-def screen_text(app: App[object]) -> str:
+def screen_text(app: App[Any]) -> str:
     """The current screen (with the screens under a modal) as lines of text."""
     width, height = app.size
     console = Console(width=width, height=height, file=io.StringIO(), force_terminal=False, color_system=None,

@@ -7,6 +7,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from textual.widgets import Input, OptionList, TextArea
 
 from lab.client import LabClient
 from tests.tui.pilot_helpers import settle, wait_for_text, wait_until
@@ -18,6 +19,7 @@ from tui.screens.config_editor import ConfigEditor
 from tui.screens.help import HelpScreen
 from tui.screens.main import MainScreen
 from tui.screens.mode_dialog import ModeDialog
+from tui.traffic import EdgeRow
 
 pytestmark = pytest.mark.slow
 SIZE = (120, 40)
@@ -47,9 +49,10 @@ def set_mode(client: LabClient, mode: str) -> None:
     client.set_mode("bookinfo", mode)
 
 
-def main_screen(app: MeshLabApp) -> MainScreen:
-    assert isinstance(app.screen, MainScreen), app.screen
-    return app.screen
+def edges_now(app: MeshLabApp) -> list[EdgeRow]:
+    """The edges of the main screen's latest poll."""
+    assert isinstance(app.screen, MainScreen) and app.screen.snapshot is not None
+    return app.screen.snapshot.edges
 
 
 async def test_switch_mode_to_ambient_shows_in_the_tree_and_the_graph_turns_mtls(tui_lab: str,
@@ -78,7 +81,7 @@ async def test_switch_to_sidecar_shows_the_labs_refusal_in_the_dialog(tui_lab: s
         await settle(pilot)
         dialog = app.screen
         assert isinstance(dialog, ModeDialog)
-        dialog.query_one("OptionList").highlighted = 2  # sidecar
+        dialog.query_one(OptionList).highlighted = 2  # sidecar
         await pilot.press("enter")
         await wait_for_text(pilot, "cannot switch to sidecar", "not supported yet")
         assert app.screen is dialog  # the dialog stays, with the reason in it
@@ -94,8 +97,8 @@ async def test_load_run_starts_from_the_dialog_and_stops_with_x(tui_lab: str, cl
         before = len(client.loads()["runs"])
         await pilot.press("l")
         await settle(pilot)
-        assert app.screen.query_one("#target").value == "productpage:9080/productpage"
-        app.screen.query_one("#duration").value = "60s"
+        assert app.screen.query_one("#target", Input).value == "productpage:9080/productpage"
+        app.screen.query_one("#duration", Input).value = "60s"
         await pilot.press("enter")
         await wait_until(pilot, lambda: isinstance(app.screen, MainScreen), "the load dialog to close")
         await wait_for_text(pilot, "running", "productpage:9080/pro")
@@ -103,7 +106,7 @@ async def test_load_run_starts_from_the_dialog_and_stops_with_x(tui_lab: str, cl
         assert len(runs) == before + 1
         run = max(runs, key=lambda r: r["startedAt"])
         assert run["state"] == "running" and run["args"][run["args"].index("--duration") + 1] == "60s", run
-        await wait_until(pilot, lambda: any(e.connections_per_s > 0 for e in main_screen(app).snapshot.edges),
+        await wait_until(pilot, lambda: any(e.connections_per_s > 0 for e in edges_now(app)),
                          "the graph to show connections per second", timeout=20)
         await pilot.press("x")
         await wait_until(pilot, lambda: all(r["state"] != "running" for r in client.loads()["runs"]),
@@ -124,7 +127,7 @@ async def test_apply_file_shows_problems_inline_then_applies(tui_lab: str, clien
         await settle(pilot)
         await pilot.press(*bad.name, "enter")  # typed, as a person would
         await wait_for_text(pilot, "spec.mtls.mode", "bad.yaml:8")
-        path = app.screen.query_one("#path")
+        path = app.screen.query_one("#path", Input)
         path.value = str(good)
         await pilot.press("enter")
         await wait_until(pilot, lambda: isinstance(app.screen, MainScreen), "the apply dialog to close")
@@ -140,7 +143,7 @@ async def test_editor_applies_and_jumps_to_the_first_problem(tui_lab: str, clien
         await settle(pilot)
         editor = app.screen
         assert isinstance(editor, ConfigEditor)
-        area = editor.query_one("TextArea")
+        area = editor.query_one(TextArea)
         assert "mode: STRICT" in area.text  # the applied config, ready to edit
         area.text = area.text.replace("mode: STRICT", "mode: PERMISIVE")
         await pilot.press("ctrl+s")
@@ -198,8 +201,8 @@ async def test_access_logs_are_live_and_filterable(tui_lab: str, client: LabClie
         screen = app.screen
         assert isinstance(screen, AccessLogs)
         await wait_until(pilot, lambda: len(screen.entries) > 10, "access-log entries", timeout=20)
-        screen.query_one("#filter").value = "ratings inb"
-        await wait_until(pilot, lambda: screen._shown and all(
+        screen.query_one("#filter", Input).value = "ratings inb"
+        await wait_until(pilot, lambda: bool(screen._shown) and all(
             e.destination == "ratings-v1" and e.direction == "inbound" for e in screen._shown), "the filter")
         await wait_for_text(pilot, f"of {len(screen.entries)} connections")
 

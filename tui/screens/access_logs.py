@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
+from typing import Any
 
 from rich.text import Text
 from textual import on, work
@@ -15,9 +17,14 @@ from textual.widgets import DataTable, Footer, Header, Input, Static
 from lab.errors import LabError
 from tui import units
 from tui.accesslog import AccessEntry, parse_logs
-from tui.connection import LabConnection, describe
+from tui.connection import LabApi, LabConnection, describe
 
 TAIL = 300  # log lines read per node and refresh
+
+
+def ztunnel_log(node: str) -> Callable[[LabApi], dict[str, Any]]:
+    """The call that reads the last TAIL lines of `node`'s ztunnel log."""
+    return lambda api: api.logs(node, "ztunnel", tail=TAIL)
 
 
 class AccessLogs(Screen[None]):
@@ -70,8 +77,7 @@ class AccessLogs(Screen[None]):
         if not self.live and self.entries:
             return
         try:
-            answers = await asyncio.gather(*(self.connection.call(lambda api, n=n: api.logs(n, "ztunnel", tail=TAIL))
-                                             for n in self.nodes))
+            answers = await asyncio.gather(*(self.connection.call(ztunnel_log(n)) for n in self.nodes))
         except LabError as e:
             self.query_one("#count", Static).update(Text(f"lab unavailable: {describe(e)}", style="red"))
             return

@@ -38,7 +38,8 @@ def status_table(node: NodeView, agent: dict[str, Any] | None, latest: Any, now:
         if agent.get("nackError"):
             table.add_row("NACK", Text(str(agent["nackError"]), style="red"))
         if agent.get("connectedAt"):
-            table.add_row("connected", f"{units.span(now - float(agent['connectedAt']))} ago from {agent.get('address')}")
+            since = units.span(now - float(agent["connectedAt"]))
+            table.add_row("connected", f"{since} ago from {agent.get('address')}")
     table.add_row("node", f"{node.name} at {node.address} ({node.provider})")
     table.add_row("serves", ", ".join(w.name for w in node.workloads) or "-")
     return table

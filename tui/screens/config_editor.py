@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import re
 from typing import Any
 
@@ -66,10 +67,8 @@ class ConfigEditor(Screen[str | None]):
         self.title = f"meshlab · {self.connection.lab}"
         self.sub_title = "edit and apply mesh config"
         editor = self.query_one(TextArea)
-        try:
+        with contextlib.suppress(Exception):  # no syntax highlighting without tree-sitter: plain text is fine
             editor.language = "yaml"
-        except Exception:  # no syntax highlighting without tree-sitter: plain text is fine
-            pass
         editor.focus()
 
     def action_apply(self) -> None:

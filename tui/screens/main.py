@@ -167,7 +167,8 @@ class MainScreen(Screen[None]):
         self.app.push_screen(LoadDialog(self.connection), self._changed)
 
     def action_stop_load(self) -> None:
-        runs = [r for r in (self.snapshot.loads.get("runs", []) if self.snapshot else []) if r.get("state") == "running"]
+        known = self.snapshot.loads.get("runs", []) if self.snapshot else []
+        runs = [r for r in known if r.get("state") == "running"]
         if not runs:
             self.notify("no load run is running", severity="warning")
             return

@@ -52,7 +52,7 @@ def bodies_framed(draw: st.DrawFn, allow_chunked: bool = True) -> tuple[str, byt
     if framing != "chunked":
         return framing, body, [], body
     cuts = sorted(draw(st.lists(st.integers(0, len(body)), max_size=5)))
-    pieces = [body[a:b] for a, b in zip([0, *cuts], [*cuts, len(body)]) if b > a]
+    pieces = [body[a:b] for a, b in zip([0, *cuts], [*cuts, len(body)], strict=True) if b > a]
     wire = b""
     for piece in pieces:
         ext = draw(st.sampled_from([b"", b";name=value", b";x", b';q="a b"']))  # h11 refuses BWS before ";"
@@ -80,7 +80,7 @@ def requests(draw: st.DrawFn) -> tuple[bytes, dict]:
 
 def split(data: bytes, cuts: list[int]) -> list[bytes]:
     points = sorted({c % (len(data) + 1) for c in cuts})
-    return [data[a:b] for a, b in zip([0, *points], [*points, len(data)]) if b > a]
+    return [data[a:b] for a, b in zip([0, *points], [*points, len(data)], strict=True) if b > a]
 
 
 def ours_messages(parser: Parser, pieces: list[bytes], expect: int) -> list[dict]:

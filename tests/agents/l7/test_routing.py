@@ -7,6 +7,7 @@ from collections import Counter
 
 import pytest
 
+from agents.l7.http1 import Parser
 from agents.l7.retry import DEFAULT_RETRY, NO_RETRY, RetryPolicy, retry_policy
 from agents.l7.routing import (
     Fault,
@@ -128,6 +129,13 @@ def test_weights_split_traffic_within_two_percent(weights, expected):
     counts = Counter(select_route(routes, req(), rng).subset for _ in range(10_000))
     for i, share in enumerate(expected):
         assert abs(counts[f"v{i}"] / 10_000 - share) <= 0.02, counts
+
+
+def test_request_info_from_a_parsed_head():
+    [head, _] = Parser().events(b"GET /reviews/1?u=jason HTTP/1.1\r\nHost: reviews:9080\r\nEnd-User: jason\r\n\r\n")
+    info = RequestInfo.from_head(head, port=9080)
+    assert info == RequestInfo("GET", "/reviews/1", "u=jason", (("Host", "reviews:9080"), ("End-User", "jason")),
+                               "reviews:9080", 9080)
 
 
 def test_weighted_choice_is_repeatable_with_a_seeded_rng():
