@@ -79,9 +79,9 @@ def make_certs(folder: Path) -> None:
 # ---------------------------------------------------------------- processes of the bench
 
 
-def _serve_sink(port: int) -> None:
+def _serve_sink(port: int, host: str = "127.0.0.1") -> None:
     """Sink process: first byte b"D" = discard (reports bytes and seconds on stdout), b"E" = echo."""
-    listener = socket.create_server(("127.0.0.1", port), backlog=64)
+    listener = socket.create_server((host, port), backlog=64)
     print(json.dumps({"port": listener.getsockname()[1]}), flush=True)
 
     def serve(conn: socket.socket) -> None:
@@ -229,11 +229,21 @@ def _cpu_seconds(pids: list[int]) -> float:
     return total
 
 
-def measure_throughput(port: int, duration_s: float, sink: subprocess.Popen[str], pids: list[int]) -> dict[str, Any]:
+Address = tuple[str, int]
+
+
+def _connect(target: Address | int, source: Address | None) -> socket.socket:
+    """A connection to the path's entry (a loopback port, or a service VIP from a workload's address)."""
+    addr = ("127.0.0.1", target) if isinstance(target, int) else target
+    return socket.create_connection(addr, source_address=source)
+
+
+def measure_throughput(port: Address | int, duration_s: float, sink: subprocess.Popen[str], pids: list[int],
+                       source: Address | None = None) -> dict[str, Any]:
     """One stream for `duration_s`: Gbit/s at the sink, and CPU seconds per GB of the proxies in `pids`."""
     block = memoryview(os.urandom(BLOCK))
     cpu0 = _cpu_seconds(pids)
-    with socket.create_connection(("127.0.0.1", port)) as sock:
+    with _connect(port, source) as sock:
         sock.sendall(b"D")
         deadline = time.perf_counter() + duration_s
         while time.perf_counter() < deadline:
@@ -250,13 +260,14 @@ def measure_throughput(port: int, duration_s: float, sink: subprocess.Popen[str]
     return out
 
 
-def measure_latency(port: int, size: int, duration_s: float, max_rounds: int = 50_000) -> dict[str, Any]:
+def measure_latency(port: Address | int, size: int, duration_s: float, max_rounds: int = 50_000,
+                    source: Address | None = None) -> dict[str, Any]:
     """Round trips of `size`-byte messages over one connection: p50/p99/mean in microseconds."""
     message = os.urandom(size)
     buf = bytearray(size)
     view = memoryview(buf)
     samples: list[int] = []
-    with socket.create_connection(("127.0.0.1", port)) as sock:
+    with _connect(port, source) as sock:
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         sock.sendall(b"E")
         end = time.perf_counter() + duration_s
@@ -279,8 +290,53 @@ def measure_latency(port: int, size: int, duration_s: float, max_rounds: int = 5
             "mean_us": round(sum(warm) / len(warm) / 1e3, 1)}
 
 
+BENCH_TOPOLOGY = """
+name: bench-l4
+addressBlock: {block}
+nodes: [{{name: source}}, {{name: destination}}]
+namespaces: [{{name: bench, mode: ambient}}]
+services:
+  - name: sink
+    namespace: bench
+    ports: [{{port: {port}, protocol: tcp}}]
+    workloads:
+      - {{name: sink-v1, node: destination, serviceAccount: sink, run: {{demo: sleep}}}}
+workloads:
+  - {{name: sender, namespace: bench, node: source, serviceAccount: sender, run: {{demo: sleep}}}}
+"""
+SINK_PORT = 5201
+
+
+def _start_ztunnel_lab(stack: ExitStack) -> tuple[subprocess.Popen[str], list[int], Address, Address]:
+    """A two-node ambient lab in a throwaway MESHLAB_HOME: the bench talks through its real ztunnel pair.
+
+    The sender connects from the `sender` workload's address to the sink service's VIP on its node,
+    as a workload would; the sink listens on the `sink-v1` workload's address. Returns the sink,
+    the two ztunnels' pids, the VIP and the sender's source address.
+    """
+    from lab import orchestrator
+    from lab.addressing import allocate_block, workload_address
+    from lab.topology.loader import parse_topology
+
+    home = stack.enter_context(tempfile.TemporaryDirectory(prefix="meshlab-bench-home-"))
+    old_home = os.environ.get("MESHLAB_HOME")
+    os.environ["MESHLAB_HOME"] = home
+    stack.callback(lambda: os.environ.__setitem__("MESHLAB_HOME", old_home) if old_home is not None
+                   else os.environ.pop("MESHLAB_HOME", None))
+    block = allocate_block(set(), orchestrator._block_taken)
+    sink_host = workload_address(block, 1, 0)
+    sink, _ = _spawn(stack, ["sink", sink_host, str(SINK_PORT)])
+    topo = parse_topology(BENCH_TOPOLOGY.format(block=block, port=SINK_PORT), "bench-l4.yaml")
+    stack.callback(lambda: asyncio.run(orchestrator.down("bench-l4")))
+    state = asyncio.run(orchestrator.up(topo))
+    status = asyncio.run(orchestrator.status("bench-l4"))
+    pids = [p["pid"] for n in status["nodes"].values() for p in n["processes"] if p["name"] == "ztunnel"]
+    vip = state["services"]["sink.bench"]["vips"]["source"]
+    return sink, pids, (vip, SINK_PORT), (state["workloads"]["sender"]["address"], 0)
+
+
 def run_l4_bench(duration_s: float = 5.0, sizes: tuple[int, ...] = (64, 4096),
-                 paths: tuple[str, ...] = ("direct", "hbone", "stunnel")) -> dict[str, Any]:
+                 paths: tuple[str, ...] = ("direct", "ztunnel", "hbone", "stunnel")) -> dict[str, Any]:
     """Measure every path in one run; see the module docstring. Returns a dict (`format_table` prints it)."""
     result: dict[str, Any] = {
         "duration_s": duration_s, "cpus": os.cpu_count(), "python": sys.version.split()[0],
@@ -304,9 +360,16 @@ def run_l4_bench(duration_s: float = 5.0, sizes: tuple[int, ...] = (64, 4096),
                         result["paths"][path] = {"skipped": "stunnel not installed (scripts/install-bench-tools.sh)"}
                         continue
                     pids, port = _start_stunnel_pair(path_stack, certs, sink_port)
+                elif path == "ztunnel":
+                    lab_sink, pids, port, source = _start_ztunnel_lab(path_stack)
+                    entry = {"throughput": measure_throughput(port, duration_s, lab_sink, pids, source)}
+                    entry["latency"] = {str(size): measure_latency(port, size, latency_s, source=source)
+                                        for size in sizes}
+                    result["paths"][path] = entry
+                    continue
                 else:
                     raise ValueError(f"unknown path {path!r}")
-                entry: dict[str, Any] = {"throughput": measure_throughput(port, duration_s, sink, pids)}
+                entry = {"throughput": measure_throughput(port, duration_s, sink, pids)}
                 entry["latency"] = {str(size): measure_latency(port, size, latency_s) for size in sizes}
                 result["paths"][path] = entry
     result["loadavg_after"] = _loadavg()
@@ -315,19 +378,23 @@ def run_l4_bench(duration_s: float = 5.0, sizes: tuple[int, ...] = (64, 4096),
 
 
 def _ratios(paths: dict[str, Any], sizes: tuple[int, ...]) -> dict[str, Any]:
-    hb, st, direct = paths.get("hbone", {}), paths.get("stunnel", {}), paths.get("direct", {})
-    if "throughput" not in hb or "throughput" not in st:
+    """The targets' ratios: the ztunnel pair (or, without it, the bare HBONE forwarder pair) over stunnel."""
+    name = "ztunnel" if "throughput" in paths.get("ztunnel", {}) else "hbone"
+    mesh, st, direct = paths.get(name, {}), paths.get("stunnel", {}), paths.get("direct", {})
+    if "throughput" not in mesh or "throughput" not in st:
         return {}
-    out: dict[str, Any] = {"throughput_hbone_over_stunnel": _div(hb["throughput"]["gbit_s"], st["throughput"]["gbit_s"]),
-                           "cpu_per_gb_hbone_over_stunnel": _div(hb["throughput"].get("proxy_cpu_s_per_gb"),
-                                                                 st["throughput"].get("proxy_cpu_s_per_gb"))}
+    out: dict[str, Any] = {
+        f"throughput_{name}_over_stunnel": _div(mesh["throughput"]["gbit_s"], st["throughput"]["gbit_s"]),
+        f"cpu_per_gb_{name}_over_stunnel": _div(mesh["throughput"].get("proxy_cpu_s_per_gb"),
+                                                st["throughput"].get("proxy_cpu_s_per_gb"))}
     if "latency" in direct:
         for size in sizes:
-            key, base = str(size), direct["latency"][str(size)]["p50_us"]
-            added_hb = hb["latency"][key]["p50_us"] - base
-            added_st = st["latency"][key]["p50_us"] - base
-            out[f"added_p50_us_{size}B"] = {"hbone": round(added_hb, 1), "stunnel": round(added_st, 1),
-                                            "hbone_over_stunnel": _div(added_hb, added_st)}
+            for q in ("p50_us", "p99_us"):
+                key, base = str(size), direct["latency"][str(size)][q]
+                added_mesh = mesh["latency"][key][q] - base
+                added_st = st["latency"][key][q] - base
+                out[f"added_{q}_{size}B"] = {name: round(added_mesh, 1), "stunnel": round(added_st, 1),
+                                             f"{name}_over_stunnel": _div(added_mesh, added_st)}
     return out
 
 
@@ -367,7 +434,7 @@ def format_table(result: dict[str, Any]) -> str:
 def main(argv: list[str] | None = None) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
     if args and args[0] == "sink":
-        _serve_sink(0)
+        _serve_sink(int(args[2]) if len(args) > 2 else 0, args[1] if len(args) > 1 else "127.0.0.1")
     elif args and args[0] == "hbone-dest":
         asyncio.run(_serve_hbone_dest(Path(args[1])))
     elif args and args[0] == "hbone-source":
@@ -375,7 +442,7 @@ def main(argv: list[str] | None = None) -> int:
     else:
         parser = argparse.ArgumentParser(prog="python -m lab.bench.l4", description=__doc__.split("\n")[0])
         parser.add_argument("--duration", type=float, default=5.0, help="seconds of bulk transfer per path")
-        parser.add_argument("--paths", default="direct,hbone,stunnel")
+        parser.add_argument("--paths", default="direct,ztunnel,hbone,stunnel")
         parser.add_argument("--json", action="store_true", help="print the result as JSON too")
         opts = parser.parse_args(args)
         result = run_l4_bench(opts.duration, paths=tuple(opts.paths.split(",")))
