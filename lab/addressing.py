@@ -81,3 +81,43 @@ def _capture(block: str, node_index: int, host: int) -> str:
         raise LabError(f"too many nodes for explicit capture (at most {256 - CAPTURE_OFFSET} on the local provider)")
     net = ipaddress.ip_network(block)
     return str(net.network_address + (node_index + CAPTURE_OFFSET) * 256 + host)
+
+
+# -- docker provider -----------------------------------------------------------------------------------
+# A lab with docker nodes gets one private /24 for them (the lab network): `.1` is the gateway, the host
+# side of the bridge, where the control plane listens for them; node i (topology index) is `.<2+i>`;
+# the workloads of every docker node are `.32`, `.33`, ... in topology order (secondary addresses of
+# their node's eth0). The local provider's 127 block is allocated as before and serves local nodes.
+
+DOCKER_RANGE = "10.210.0.0/16"
+DOCKER_FIRST_NODE_HOST = 2
+DOCKER_FIRST_WORKLOAD_HOST = 32
+
+
+def docker_candidates() -> list[str]:
+    """The /24s a docker lab may get, in order of preference."""
+    return [str(net) for net in ipaddress.ip_network(DOCKER_RANGE).subnets(new_prefix=24)][1:]
+
+
+def docker_gateway(subnet: str) -> str:
+    return str(ipaddress.ip_network(subnet).network_address + 1)
+
+
+def docker_node_address(subnet: str, index: int) -> str:
+    """Node `index`'s address on the lab network."""
+    if DOCKER_FIRST_NODE_HOST + index >= DOCKER_FIRST_WORKLOAD_HOST:
+        raise LabError(f"too many nodes in one lab (at most {DOCKER_FIRST_WORKLOAD_HOST - DOCKER_FIRST_NODE_HOST}"
+                       " on the docker provider)")
+    return _docker_host(subnet, DOCKER_FIRST_NODE_HOST + index)
+
+
+def docker_workload_address(subnet: str, slot: int) -> str:
+    """The `slot`-th (0-based, lab-wide) workload on a docker node."""
+    return _docker_host(subnet, DOCKER_FIRST_WORKLOAD_HOST + slot)
+
+
+def _docker_host(subnet: str, host: int) -> str:
+    net = ipaddress.ip_network(subnet)
+    if host >= net.num_addresses - 1:
+        raise LabError(f"the lab network {subnet} is too small for this topology (host .{host} needed)")
+    return str(net.network_address + host)

@@ -10,6 +10,7 @@ anything is started, so `down` can always find what a lab made, and
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import json
 import shutil
 import time
@@ -18,17 +19,17 @@ from pathlib import Path
 from typing import Any, Callable
 
 from lab import mesh
-from lab.addressing import allocate_block, block_in_use
+from lab.addressing import allocate_block, block_in_use, docker_candidates, docker_gateway
 from lab.ca import DEFAULT_TTL, LabCA
 from lab.client import LabClient
 from lab.controlplane import readiness
-from lab.controlplane.bootstrap import AGENT_CHANNEL_PORT, channel_address, node_tokens
+from lab.controlplane.bootstrap import AGENT_CHANNEL_PORT, channel_addresses, node_channel_address, node_tokens
 from lab.handle import Lab, load_origin
 from lab.controlplane.launch import ensure_control_plane, running_pid
 from lab.errors import LabError, ProvisionError
 from lab.plan import RESOLVER_PORT, LabPlan, plan_lab, ztunnel_process
 from lab.providers import provider_class, provider_names
-from lab.providers.base import Provider, ProcessStatus
+from lab.providers.base import NodeInfo, Provider, ProcessStatus
 from lab.state import LabState, atomic_write, lab_dir, labs_dir, list_labs
 from lab.topology.model import Topology
 from lab.zipapp import build_agent_zipapp
@@ -53,6 +54,40 @@ def used_blocks(except_lab: str) -> set[str]:
         except (LabError, KeyError):
             continue
     return used
+
+
+def used_docker_subnets(except_lab: str) -> set[str]:
+    """Lab network subnets held by the other labs under MESHLAB_HOME."""
+    used = set()
+    for name in list_labs():
+        if name == except_lab:
+            continue
+        try:
+            used.add(LabState(name).load()["docker"]["subnet"])
+        except (LabError, KeyError, TypeError):
+            continue
+    return used
+
+
+async def docker_subnet(topology: Topology, previous: dict[str, Any] | None, lab: str) -> str | None:
+    """The lab network of the lab's docker nodes (None without any): asked for, kept, or a free /24."""
+    nodes = [n for n in topology.nodes if (n.provider or topology.provider) == "docker"]
+    if not nodes:
+        return None
+    for n in nodes:
+        requested = (n.settings.get("docker") or {}).get("subnet")
+        if requested:
+            try:
+                return str(ipaddress.IPv4Network(str(requested), strict=False))
+            except ValueError:
+                raise LabError(f"node {n.name}: docker subnet must be an IPv4 network like 10.210.7.0/24, "
+                               f"not {requested!r}") from None
+    kept = ((previous or {}).get("docker") or {}).get("subnet")
+    if kept:
+        return str(kept)
+    from lab.providers.docker import free_subnet
+
+    return await free_subnet(docker_candidates(), used_docker_subnets(lab))
 
 
 def _state_document(plan: LabPlan, source: str, status: str, previous: dict[str, Any] | None) -> dict[str, Any]:
@@ -106,6 +141,7 @@ async def up(topology: Topology, *, provider: str | None = None, progress: Progr
     previous = lab.state.load() if lab.state.exists() else None
     block = ((previous or {}).get("block") or topology.address_block
              or allocate_block(used_blocks(lab.name), _block_taken))
+    subnet = await docker_subnet(topology, previous, lab.name)
     lab.dir.mkdir(parents=True, exist_ok=True)
     (lab.dir / "logs").mkdir(exist_ok=True)
     pyz = build_agent_zipapp(lab.dir / "agents.pyz")
@@ -113,12 +149,14 @@ async def up(topology: Topology, *, provider: str | None = None, progress: Progr
     def node_kind(node: str) -> str:
         return topology.node(node).provider or topology.provider
 
-    plan = plan_lab(topology, block, lab.name, lambda n: lab.provider(node_kind(n)).agent_command(n))
+    plan = plan_lab(topology, block, lab.name, lambda n: lab.provider(node_kind(n)).agent_command(n), subnet)
     ttl = int(cert_ttl or (previous or {}).get("certTtlSeconds") or DEFAULT_TTL.total_seconds())
 
     def document(status: str) -> dict[str, Any]:
         doc = _state_document(plan, topology.source, status, previous)
         doc["certTtlSeconds"] = ttl
+        if subnet:
+            doc["docker"] = {"subnet": subnet, "gateway": docker_gateway(subnet)}
         return doc
 
     doc = document("provisioning")
@@ -127,10 +165,14 @@ async def up(topology: Topology, *, provider: str | None = None, progress: Progr
         shutil.copyfile(topology.source, lab.dir / "topology.yaml")
     try:
         await _remove_stale_nodes(lab, plan, previous, progress)
-        client = await _start_control_plane(lab, doc, progress)
+        # The control plane binds its agent addresses with IP_FREEBIND: it can start while the nodes
+        # (and a docker lab network, whose gateway it listens on) are being made.
+        client, *infos = await asyncio.gather(
+            _start_control_plane(lab, doc, progress),
+            *(_create_node(lab, plan, spec.name, pyz, progress) for spec in plan.nodes))
         tokens = node_tokens(lab.dir, [n.name for n in plan.nodes])
-        await asyncio.gather(*(_bring_up_node(lab, plan, doc, client, spec.name, pyz, tokens[spec.name], progress,
-                                              timeout) for spec in plan.nodes))
+        await asyncio.gather(*(_join_node(lab, plan, doc, client, spec.name, info, tokens[spec.name], progress,
+                                          timeout) for spec, info in zip(plan.nodes, infos)))
         await _wait_ready(lab, plan, progress, timeout)
     except BaseException:
         lab.state.save(document("degraded"))
@@ -159,23 +201,35 @@ async def _start_control_plane(lab: Lab, doc: dict[str, Any], progress: Progress
     await asyncio.to_thread(LabCA.load_or_create, lab.dir / "ca", doc["trustDomain"])
     client, started = await ensure_control_plane(lab.name, lab.dir)
     if started:
-        progress("control", f"control plane started (agent channel {channel_address(doc)}:{AGENT_CHANNEL_PORT})")
+        progress("control", f"control plane started (agent channel on {', '.join(channel_addresses(doc))}, "
+                            f"port {AGENT_CHANNEL_PORT})")
     else:
         version = (await asyncio.to_thread(client.reload))["version"]
         progress("control", f"control plane running; config version {version} pushed")
     return client
 
 
-async def _bring_up_node(lab: Lab, plan: LabPlan, doc: dict[str, Any], client: LabClient, node: str, pyz: Path,
-                         token: str, progress: Progress, timeout: float) -> None:
-    """Create (or adopt) one node, start its ztunnel, hand it the resolver table and reconcile its workloads."""
+async def _create_node(lab: Lab, plan: LabPlan, node: str, pyz: Path, progress: Progress) -> NodeInfo:
+    """Create (or adopt) one node: its supervisor answers when this returns."""
     provider = lab.provider(plan.node_provider(node))
     spec = next(n for n in plan.nodes if n.name == node)
     info = await provider.create_node(spec, pyz)
     progress("node", f"{node} ready at {info.address} ({provider.name})")
+    return info
+
+
+async def _join_node(lab: Lab, plan: LabPlan, doc: dict[str, Any], client: LabClient, node: str, info: NodeInfo,
+                     token: str, progress: Progress, timeout: float) -> None:
+    """Start a node's ztunnel, hand it the resolver table and reconcile its workloads."""
+    provider = lab.provider(plan.node_provider(node))
+    spec = next(n for n in plan.nodes if n.name == node)
+    cp = node_channel_address(doc, node)
+    if provider.name == "docker" and info.details.get("gateway") not in (None, cp):
+        raise ProvisionError(f"node {node}: its lab network's gateway is {info.details['gateway']}, not {cp}; "
+                             f"`meshlab down {lab.name}` and `up` again")
     await _install_bootstrap(lab, provider, node, token)
     agent = provider.agent_command(node)
-    ztunnel = ztunnel_process(spec, f"{channel_address(doc)}:{AGENT_CHANNEL_PORT}", agent)
+    ztunnel = ztunnel_process(spec, f"{cp}:{AGENT_CHANNEL_PORT}", agent)
     await provider.start_process(node, ztunnel)
     if node in readiness.ambient_nodes(doc):
         # Ambient workloads here: the ztunnel must serve (config applied, certificates in hand) before them.

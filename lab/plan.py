@@ -11,7 +11,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
-from lab.addressing import inbound_capture, node_address, service_vip, workload_address
+from lab.addressing import (docker_node_address, docker_workload_address, inbound_capture, node_address,
+                            service_vip, workload_address)
 from lab.providers.base import NodeSpec, ProcessSpec
 from lab.topology.model import Topology, Workload
 
@@ -50,16 +51,25 @@ def _workload_port(topology: Topology, w: Workload) -> int:
     return topology.service(w.service, w.namespace).ports[0].workload_port
 
 
-def place_workloads(topology: Topology, block: str) -> list[WorkloadPlacement]:
-    """Give every workload an address on its node's /24, in topology order."""
+def _provider_of(topology: Topology, node: str) -> str:
+    return topology.node(node).provider or topology.provider
+
+
+def place_workloads(topology: Topology, block: str, docker_subnet: str | None = None) -> list[WorkloadPlacement]:
+    """Give every workload an address: on its node's /24 (local), on the lab network (docker); topology order."""
     index = {n.name: i for i, n in enumerate(topology.nodes)}
     slots: dict[str, int] = {}
+    docker_slot = 0
     placements = []
     for w in topology.workloads:
         slot = slots.get(w.node, 0)
         slots[w.node] = slot + 1
-        placements.append(WorkloadPlacement(w, w.node, workload_address(block, index[w.node], slot),
-                                            _workload_port(topology, w),
+        if docker_subnet and _provider_of(topology, w.node) == "docker":
+            address = docker_workload_address(docker_subnet, docker_slot)
+            docker_slot += 1
+        else:
+            address = workload_address(block, index[w.node], slot)
+        placements.append(WorkloadPlacement(w, w.node, address, _workload_port(topology, w),
                                             inbound_capture(block, index[w.node], slot)))
     return placements
 
@@ -122,16 +132,25 @@ def ztunnel_process(node: NodeSpec, control_plane: str, agent: tuple[str, ...]) 
 
 
 def plan_lab(topology: Topology, block: str, lab: str,
-             agent_command: Callable[[str], tuple[str, ...]]) -> LabPlan:
-    """The whole plan of a lab; `agent_command(node)` says how the agent zipapp runs there."""
-    placements = place_workloads(topology, block)
+             agent_command: Callable[[str], tuple[str, ...]], docker_subnet: str | None = None) -> LabPlan:
+    """The whole plan of a lab; `agent_command(node)` says how the agent zipapp runs there.
+
+    `docker_subnet` is the lab network of its docker nodes (lab.addressing); the provider is told it
+    as the nodes' `docker: {subnet}` setting.
+    """
+    placements = place_workloads(topology, block, docker_subnet)
     nodes = []
     processes: dict[str, list[ProcessSpec]] = {}
     for i, n in enumerate(topology.nodes):
-        addr = node_address(block, i)
+        settings = dict(n.settings)
+        if docker_subnet and _provider_of(topology, n.name) == "docker":
+            addr = docker_node_address(docker_subnet, i)
+            settings["docker"] = {**(settings.get("docker") or {}), "subnet": docker_subnet}
+        else:
+            addr = node_address(block, i)
         mine = [p for p in placements if p.node == n.name]
         nodes.append(NodeSpec(lab=lab, name=n.name, index=i, address=addr,
-                              workload_addresses=tuple(p.address for p in mine), settings=dict(n.settings)))
+                              workload_addresses=tuple(p.address for p in mine), settings=settings))
         processes[n.name] = [workload_process(topology, p, addr, agent_command(n.name)) for p in mine]
     vips = {f"{s.name}.{s.namespace}": {n.name: service_vip(block, i, k) for i, n in enumerate(topology.nodes)}
             for k, s in enumerate(topology.services)}

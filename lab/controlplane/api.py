@@ -53,7 +53,7 @@ class LabApi:
         return 200, {"synced": ok, "agents": self.cp.channel.proxy_status()}
 
     async def reload(self, req: ApiRequest) -> tuple[int, Any]:
-        return 200, {"version": self.cp.reload()}
+        return 200, {"version": await self.cp.reload()}
 
     async def apply(self, req: ApiRequest) -> tuple[int, Any]:
         body = req.body or {}

@@ -13,9 +13,22 @@ AGENT_CHANNEL_PORT = 15012
 
 
 def channel_address(state: dict[str, Any]) -> str:
-    """Where agents reach the control plane: `.0.1` of the lab's block (local provider)."""
+    """Where local agents reach the control plane: `.0.1` of the lab's block (local provider)."""
     base = state["block"].split("/")[0].rsplit(".", 2)[0]
     return f"{base}.0.1"
+
+
+def node_channel_address(state: dict[str, Any], node: str) -> str:
+    """Where the agents of `node` reach the control plane: the lab network's gateway for a docker node."""
+    if state["nodes"][node].get("provider") == "docker" and state.get("docker"):
+        return str(state["docker"]["gateway"])
+    return channel_address(state)
+
+
+def channel_addresses(state: dict[str, Any]) -> list[str]:
+    """Every address the control plane listens on for agents: one per kind of node the lab has."""
+    found = {node_channel_address(state, node) for node in state["nodes"]} or {channel_address(state)}
+    return sorted(found)
 
 
 def api_token(lab_path: Path) -> str:

@@ -12,7 +12,9 @@ import asyncio
 import hmac
 import json
 import logging
+import socket
 import ssl
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -68,15 +70,33 @@ class AgentChannelServer:
         self.version = 1
         self.agents: dict[str, AgentRecord] = {}
         self.acked = asyncio.Condition()
-        self._server: asyncio.Server | None = None
+        self._servers: dict[str, asyncio.Server] = {}
+
+    @property
+    def hosts(self) -> list[str]:
+        return list(self._servers)
 
     async def start(self, host: str, port: int, context: ssl.SSLContext) -> int:
-        self._server = await asyncio.start_server(self._serve, host, port, ssl=context, limit=MAX_MESSAGE)
-        return int(self._server.sockets[0].getsockname()[1])
+        """Listen on `host` too (one server per address). The socket is bound with IP_FREEBIND, so an
+        address that appears later (a docker network's gateway, made with the network) works."""
+        sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            if sys.platform == "linux":
+                sock.setsockopt(socket.SOL_IP, getattr(socket, "IP_FREEBIND", 15), 1)
+            sock.bind((host, port))
+            sock.listen(128)
+            sock.setblocking(False)
+        except OSError:
+            sock.close()
+            raise
+        server = await asyncio.start_server(self._serve, sock=sock, ssl=context, limit=MAX_MESSAGE)
+        self._servers[host] = server
+        return int(server.sockets[0].getsockname()[1])
 
     async def close(self) -> None:
-        if self._server:
-            self._server.close()
+        for server in self._servers.values():
+            server.close()
         for a in self.agents.values():
             if a.writer:
                 a.writer.close()

@@ -25,7 +25,7 @@ from typing import Any
 from lab import mesh
 from lab.ca import LabCA, NodeAuthorizer
 from lab.controlplane.api import LabApi
-from lab.controlplane.bootstrap import AGENT_CHANNEL_PORT, api_token, channel_address, node_tokens
+from lab.controlplane.bootstrap import AGENT_CHANNEL_PORT, api_token, channel_addresses, node_tokens
 from lab.controlplane.channel import AgentChannelServer
 from lab.controlplane import readiness
 from lab.controlplane.httpserver import JsonApiServer
@@ -75,9 +75,10 @@ class ControlPlane:
         issued = self.ca.sign_csr(csr, identity, self.ttl, holder)
         return issued.leaf_pem, issued.root_pem
 
-    def reload(self) -> int:
-        """Re-read the lab state (after `up` reconciled it) and push a new config version."""
+    async def reload(self) -> int:
+        """Re-read the lab state (after `up` reconciled it), listen where new nodes need it, push a new version."""
         self.state = self.state_file.load()
+        await self.listen()
         self.channel.tokens.update(node_tokens(self.dir, list(self.state["nodes"])))
         self._authorizer = NodeAuthorizer(mesh.node_identities(self.state))
         return self.channel.publish()
@@ -137,19 +138,34 @@ class ControlPlane:
         finally:
             await lab.close()
 
-    async def run(self) -> None:
-        host = channel_address(self.state)
-        key, cert = self.ca.issue_server_cert([host])
+    async def listen(self) -> None:
+        """Serve the agent channel on every address the lab's nodes reach it at (local block, docker gateway)."""
+        wanted = [h for h in channel_addresses(self.state) if h not in self.channel.hosts]
+        if not wanted:
+            return
+        key, cert = self.ca.issue_server_cert(sorted({*self.channel.hosts, *wanted}))
         context = _server_context(key, cert)
-        channel_port = await self.channel.start(host, int(os.environ.get("MESHLAB_CP_PORT", AGENT_CHANNEL_PORT)),
-                                                context)
-        api = JsonApiServer(LabApi(self, api_token(self.dir)).handle)
-        api_port = await api.start("127.0.0.1", 0)
+        for host in wanted:
+            port = await self.channel.start(host, self._channel_port, context)
+            self._channel_port = port
+            log.info("agent channel listening on %s:%d", host, port)
+        self._announce()
+
+    def _announce(self) -> None:
+        hosts = self.channel.hosts
         atomic_write(self.dir / "controlplane.json", json.dumps({
-            "pid": os.getpid(), "api": f"http://127.0.0.1:{api_port}", "channel": f"{host}:{channel_port}",
+            "pid": os.getpid(), "api": f"http://127.0.0.1:{self._api_port}",
+            "channel": f"{hosts[0]}:{self._channel_port}",
+            "channels": [f"{h}:{self._channel_port}" for h in hosts],
             "startedAt": self.started}, indent=2), mode=0o600)
-        log.info("control plane of lab %s: agent channel %s:%d, lab API 127.0.0.1:%d", self.lab, host,
-                 channel_port, api_port)
+
+    async def run(self) -> None:
+        self._channel_port = int(os.environ.get("MESHLAB_CP_PORT", AGENT_CHANNEL_PORT))
+        api = JsonApiServer(LabApi(self, api_token(self.dir)).handle)
+        self._api_port = await api.start("127.0.0.1", 0)
+        await self.listen()
+        log.info("control plane of lab %s: agent channel %s port %d, lab API 127.0.0.1:%d", self.lab,
+                 ", ".join(self.channel.hosts), self._channel_port, self._api_port)
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):

@@ -72,6 +72,24 @@ def engine(timeout: float = 60.0) -> Any:
     return client
 
 
+async def free_subnet(candidates: list[str], used: set[str]) -> str:
+    """The first of `candidates` (subnets) not in `used` and overlapping no Docker network nor host route."""
+    def pick() -> str:
+        client = engine(timeout=30)
+        try:
+            taken = _taken_subnets(client)
+        finally:
+            client.close()
+        for candidate in candidates:
+            net = ipaddress.ip_network(candidate)
+            if candidate not in used and not any(net.overlaps(t) for t in taken):
+                return candidate
+        raise ProvisionError(f"no free subnet left for a lab network ({candidates[0]} ... {candidates[-1]}): "
+                             "`meshlab clean` old labs")
+
+    return await asyncio.to_thread(pick)
+
+
 def _reason(e: BaseException) -> str:
     text = str(getattr(e, "explanation", None) or e)
     for hint in ("Connection refused", "No such file or directory", "Permission denied"):

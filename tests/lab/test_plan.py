@@ -116,3 +116,25 @@ services:
     spec = plan.processes["n1"][0]
     assert spec.argv == ("sh", "-c", "python3 -m http.server $MESH_PORT --bind $MESH_BIND_ADDR")
     assert spec.env["GREETING"] == "hi" and spec.env["MESH_PORT"] == "8000"
+
+
+def test_docker_nodes_get_addresses_on_the_lab_network_and_local_ones_keep_the_block() -> None:
+    from dataclasses import replace
+
+    from lab.controlplane.bootstrap import channel_addresses, node_channel_address
+
+    topo = load_topology(TOPOLOGIES / "bookinfo.yaml")
+    nodes = [replace(n, provider="docker") if n.name != "node-1" else n for n in topo.nodes]
+    plan = plan_lab(replace(topo, nodes=nodes), "127.150.0.0/16", "bookinfo", lambda n: AGENT, "10.210.7.0/24")
+    addresses = {n.name: n.address for n in plan.nodes}
+    assert addresses == {"node-1": "127.150.1.1", "node-2": "10.210.7.3", "node-3": "10.210.7.4"}
+    assert plan.nodes[1].settings["docker"] == {"subnet": "10.210.7.0/24"}
+    assert "docker" not in plan.nodes[0].settings
+    assert plan.placement("productpage-v1").address == "127.150.1.10"
+    assert [plan.placement(w).address for w in ("details-v1", "reviews-v1", "reviews-v2")] == [
+        "10.210.7.32", "10.210.7.33", "10.210.7.34"]
+    state = {"block": "127.150.0.0/16", "docker": {"subnet": "10.210.7.0/24", "gateway": "10.210.7.1"},
+             "nodes": {"node-1": {"provider": "local"}, "node-2": {"provider": "docker"}}}
+    assert node_channel_address(state, "node-1") == "127.150.0.1"
+    assert node_channel_address(state, "node-2") == "10.210.7.1"
+    assert channel_addresses(state) == ["10.210.7.1", "127.150.0.1"]
