@@ -70,7 +70,7 @@ class AgentDetail(Screen[None]):
         self.sub_title = f"agent {AGENT}/{self.node.name}"
         self.query_one("#status").border_title = f"proxy-status of {AGENT}/{self.node.name}"
         self.query_one("#agent-log").border_title = "config versions, certificates (ztunnel log; access logs: g)"
-        self.call_after_refresh(self.load)  # after layout, so the log wraps at its real width
+        self.load()
         if self.refresh_seconds > 0:
             self.set_interval(self.refresh_seconds, self.load)
 

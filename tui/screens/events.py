@@ -32,7 +32,7 @@ class LabEvents(Screen[None]):
 
     def on_mount(self) -> None:
         self.sub_title = "lab events"
-        self.call_after_refresh(self.show_new)  # after layout, so lines wrap at the log's real width
+        self.show_new()
         self.set_interval(1.0, self.show_new)
 
     def show_new(self) -> None:
