@@ -254,7 +254,11 @@ class DockerProvider(Provider):
             elif await self._ping(spec.name) is None:  # a hung supervisor: start the node afresh
                 (folder / "control.sock").unlink(missing_ok=True)
                 await self._docker(f"node {spec.name}: restart", lambda client: container.restart(timeout=3))
-        await self._set_workload_addresses(spec.name, address, spec.workload_addresses)
+        try:
+            await self._set_workload_addresses(spec.name, address, spec.workload_addresses)
+        except ProvisionError:
+            await self._wait_for_supervisor(spec.name)  # says so when the container stopped at start
+            raise
         ping = await self._wait_for_supervisor(spec.name)
         return self._info(spec.name, "running", container, address, ping, doc["gateway"])
 
