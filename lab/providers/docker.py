@@ -33,10 +33,9 @@ from typing import Any, TypeVar
 from lab.errors import ProvisionError
 from lab.image import image_tag
 from lab.providers import proctags
-from lab.providers.base import (ExecResult, NodeInfo, NodeSpec, ProcessSpec, ProcessStatus, Provider,
-                                ResourceUsage)
-from lab.providers.local import _copy_atomic, _install, _tail
-from lab.providers.nodeclient import NodeClient, SupervisorUnreachable, connect_unix
+from lab.providers.base import ExecResult, NodeInfo, NodeSpec
+from lab.providers.local import _copy_atomic, _install
+from lab.providers.supervised import STOP_TIMEOUT, SupervisedProvider
 
 try:
     import docker
@@ -49,8 +48,6 @@ except ImportError:  # a declared dependency; without it only this provider is u
 T = TypeVar("T")
 
 START_TIMEOUT = 20.0  # container start and the supervisor's first answer
-PING_TIMEOUT = 2.0
-STOP_TIMEOUT = 10.0
 FALLBACK_RANGE = ipaddress.IPv4Network("10.210.0.0/16")  # /24s for labs whose addresses don't fit
 PARTITION_TAG = "meshlab-partition"
 LABEL_LAB, LABEL_HOME, LABEL_NODE = "meshlab.lab", "meshlab.home", "meshlab.node"
@@ -98,7 +95,7 @@ def _reason(e: BaseException) -> str:
     return text[:200]
 
 
-class DockerProvider(Provider):
+class DockerProvider(SupervisedProvider):
     """Nodes as containers of the node image on one bridge network per lab."""
 
     name = "docker"
@@ -107,14 +104,9 @@ class DockerProvider(Provider):
     def __init__(self, lab: str, lab_dir: Path) -> None:
         super().__init__(lab, lab_dir)
         self._engine: Any = None
-        self._clients: dict[str, NodeClient] = {}
-        self._connecting: dict[str, asyncio.Lock] = {}
         self._layout = asyncio.Lock()  # network creation, address allocation, network removal
 
     # -- names, paths, labels -------------------------------------------------------
-    def node_dir(self, node: str) -> Path:
-        return (self.lab_dir / "nodes" / node).resolve()
-
     def agent_command(self, node: str) -> tuple[str, ...]:
         return ("python3", str(self.node_dir(node) / "agents.pyz"))
 
@@ -369,22 +361,8 @@ class DockerProvider(Provider):
         return NodeInfo(self.lab, name, address, state, self.name, details)
 
     # -- talking to the supervisor ----------------------------------------------------------
-    async def _client(self, node: str) -> NodeClient:
-        async with self._connecting.setdefault(node, asyncio.Lock()):
-            client = self._clients.get(node)
-            if client is None or client.closed:
-                client = await connect_unix(self.node_dir(node) / "control.sock", node, timeout=PING_TIMEOUT)
-                self._clients[node] = client
-            return client
-
-    async def _call(self, node: str, op: str, *, timeout: float = 30.0, **fields: Any) -> dict[str, Any]:
+    async def _check_reachable(self, node: str) -> None:
         await self._require_running(node)
-        try:
-            return await (await self._client(node)).call(op, timeout=timeout, **fields)
-        except SupervisorUnreachable:
-            # A cached connection may predate a container restart: one fresh try. Every op is idempotent.
-            await self._forget(node)
-            return await (await self._client(node)).call(op, timeout=timeout, **fields)
 
     async def _require_running(self, node: str) -> Any:
         container = await self._container(node)
@@ -395,19 +373,6 @@ class DockerProvider(Provider):
             raise ProvisionError(f"node {node} is not running (its container is {container.status}): "
                                  "`meshlab up` starts it again")
         return container
-
-    async def _ping(self, node: str) -> dict[str, Any] | None:
-        try:
-            answer = await self._call(node, "ping", timeout=PING_TIMEOUT)
-        except ProvisionError:
-            await self._forget(node)
-            return None
-        return answer if answer.get("node") == node and answer.get("lab", self.lab) == self.lab else None
-
-    async def _forget(self, node: str) -> None:
-        client = self._clients.pop(node, None)
-        if client is not None:
-            await client.close()
 
     # -- files and commands -----------------------------------------------------------------------
     async def copy_file(self, node: str, src: Path, dest: str) -> None:
@@ -445,38 +410,16 @@ class DockerProvider(Provider):
         return ExecResult(code, out.decode(errors="replace"), err.decode(errors="replace"))
 
     # -- supervised processes ---------------------------------------------------------------------
-    async def start_process(self, node: str, spec: ProcessSpec) -> None:
-        await self._call(node, "start", spec=spec.to_json())
-
-    async def stop_process(self, node: str, name: str) -> None:
-        await self._call(node, "stop", name=name, timeout=STOP_TIMEOUT)
-
-    async def list_processes(self, node: str) -> list[ProcessStatus]:
-        answer = await self._call(node, "list")
-        return [ProcessStatus(name=p["name"], state=p["state"], pid=p.get("pid"), restarts=p.get("restarts", 0),
-                              ready=bool(p.get("ready")), exit_code=p.get("exit_code"),
-                              started_at=p.get("started_at"), labels=p.get("labels") or {})
-                for p in answer.get("processes", [])]
-
     async def logs(self, node: str, name: str, tail: int = 100) -> str:
         path = self.node_dir(node) / "logs" / f"{name}.log"
-        try:
-            return await asyncio.to_thread(_tail, path, tail)
-        except FileNotFoundError:
-            pass
+        text = await self._log_file(node, name, tail)
+        if text is not None:
+            return text
         if name == "supervisor":  # its output is the container's
             container = await self._container(node)
             raw = await self._docker(f"node {node}: logs", lambda client: container.logs(tail=tail))
             return str(raw.decode(errors="replace"))
         raise ProvisionError(f"node {node}: no log of a process named {name!r} ({path})")
-
-    async def resource_usage(self, node: str) -> dict[str, ResourceUsage]:
-        answer = await self._call(node, "usage")
-        return {name: ResourceUsage(u["pid"], u["rss_bytes"], u["cpu_seconds"])
-                for name, u in answer.get("usage", {}).items()}
-
-    async def push_config(self, node: str, section: str, value: Any) -> None:
-        await self._call(node, "config", section=section, value=value)
 
     # -- node faults ------------------------------------------------------------------------------------
     async def pause_node(self, node: str) -> None:
@@ -556,8 +499,7 @@ class DockerProvider(Provider):
             return []  # no engine answers: nothing of a lab can be running there
 
     async def close(self) -> None:
-        for node in list(self._clients):
-            await self._forget(node)
+        await super().close()
         if self._engine is not None:
             client, self._engine = self._engine, None
             await asyncio.to_thread(client.close)

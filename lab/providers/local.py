@@ -22,13 +22,10 @@ from typing import Any
 
 from lab.errors import ProviderNotSupported, ProvisionError
 from lab.providers import proctags
-from lab.providers.base import (ExecResult, NodeInfo, NodeSpec, ProcessSpec, ProcessStatus, Provider,
-                                ResourceUsage)
-from lab.providers.nodeclient import NodeClient, SupervisorUnreachable, connect_unix
+from lab.providers.base import ExecResult, NodeInfo, NodeSpec
+from lab.providers.supervised import STOP_TIMEOUT, SupervisedProvider, tail_file
 
 START_TIMEOUT = 5.0
-PING_TIMEOUT = 2.0
-STOP_TIMEOUT = 10.0  # a supervisor stops its processes with SIGTERM, then SIGKILL after 3 s
 
 # Supervisors this process started, kept so they are reaped (not left as zombies) once they exit.
 _spawned: dict[int, subprocess.Popen[bytes]] = {}
@@ -61,37 +58,13 @@ def _copy_atomic(src: Path, dest: Path) -> None:
         raise
 
 
-def _tail(path: Path, lines: int) -> str:
-    """The last `lines` lines of a file that may be large (logs are appended across restarts)."""
-    if lines <= 0:
-        return ""
-    with open(path, "rb") as f:
-        end = pos = f.seek(0, os.SEEK_END)
-        chunk = b""
-        # One newline more than asked for, so the first line kept is whole.
-        while pos > 0 and chunk.count(b"\n") <= lines:
-            pos = max(0, pos - 65536)
-            f.seek(pos)
-            chunk = f.read(end - pos)
-    kept = chunk.splitlines()[-lines:]
-    return b"\n".join(kept).decode(errors="replace") + ("\n" if kept else "")
-
-
-class LocalProvider(Provider):
+class LocalProvider(SupervisedProvider):
     """Nodes as process groups on this machine, one supervisor each."""
 
     name = "local"
     resolver_port = 15053
 
-    def __init__(self, lab: str, lab_dir: Path) -> None:
-        super().__init__(lab, lab_dir)
-        self._clients: dict[str, NodeClient] = {}
-        self._connecting: dict[str, asyncio.Lock] = {}
-
     # -- paths and tags ------------------------------------------------------
-    def node_dir(self, node: str) -> Path:
-        return self.lab_dir / "nodes" / node
-
     def agent_command(self, node: str) -> tuple[str, ...]:
         return (sys.executable, str(self.node_dir(node) / "agents.pyz"))
 
@@ -148,7 +121,7 @@ class LocalProvider(Provider):
         deadline = time.monotonic() + START_TIMEOUT
         while True:
             if proc.poll() is not None:
-                last = (await asyncio.to_thread(_tail, log_path, 3)).strip().replace("\n", " | ")
+                last = (await asyncio.to_thread(tail_file, log_path, 3)).strip().replace("\n", " | ")
                 raise ProvisionError(f"node {spec.name}: its supervisor exited at start (code {proc.returncode}):"
                                      f" {last or 'no output'} (log: {log_path})")
             if sock.exists():
@@ -206,39 +179,6 @@ class LocalProvider(Provider):
         return NodeInfo(self.lab, name, str(known.get("address", "")), state, self.name, details)
 
     # -- talking to the supervisor ----------------------------------------------
-    async def _client(self, node: str) -> NodeClient:
-        async with self._connecting.setdefault(node, asyncio.Lock()):
-            client = self._clients.get(node)
-            if client is None or client.closed:
-                client = await connect_unix(self.node_dir(node) / "control.sock", node, timeout=PING_TIMEOUT)
-                self._clients[node] = client
-            return client
-
-    async def _call(self, node: str, op: str, *, timeout: float = 30.0, **fields: Any) -> dict[str, Any]:
-        pid = self._supervisor_pid(node)
-        if pid is not None and _state(pid) == "T":
-            raise ProvisionError(f"node {node} is paused: its supervisor answers nothing until resumed")
-        try:
-            return await (await self._client(node)).call(op, timeout=timeout, **fields)
-        except SupervisorUnreachable:
-            # A cached connection may predate a supervisor restart: one fresh try. Every op is idempotent.
-            await self._forget(node)
-            return await (await self._client(node)).call(op, timeout=timeout, **fields)
-
-    async def _ping(self, node: str) -> dict[str, Any] | None:
-        """The supervisor's ping answer, or None when no supervisor of this node answers."""
-        try:
-            answer = await self._call(node, "ping", timeout=PING_TIMEOUT)
-        except ProvisionError:
-            await self._forget(node)
-            return None
-        return answer if answer.get("node") == node and answer.get("lab", self.lab) == self.lab else None
-
-    async def _forget(self, node: str) -> None:
-        client = self._clients.pop(node, None)
-        if client is not None:
-            await client.close()
-
     # -- files and commands ---------------------------------------------------
     async def copy_file(self, node: str, src: Path, dest: str) -> None:
         folder = self._require_node(node)
@@ -273,36 +213,17 @@ class LocalProvider(Provider):
         return ExecResult(proc.returncode, out.decode(errors="replace"), err.decode(errors="replace"))
 
     # -- supervised processes ---------------------------------------------------
-    async def start_process(self, node: str, spec: ProcessSpec) -> None:
-        await self._call(node, "start", spec=spec.to_json())
-
-    async def stop_process(self, node: str, name: str) -> None:
-        await self._call(node, "stop", name=name, timeout=STOP_TIMEOUT)
-
-    async def signal_process(self, node: str, name: str, signal: int) -> None:
-        await self._call(node, "signal", name=name, signal=signal)
-
-    async def list_processes(self, node: str) -> list[ProcessStatus]:
-        answer = await self._call(node, "list")
-        return [ProcessStatus(name=p["name"], state=p["state"], pid=p.get("pid"), restarts=p.get("restarts", 0),
-                              ready=bool(p.get("ready")), exit_code=p.get("exit_code"),
-                              started_at=p.get("started_at"), labels=p.get("labels") or {})
-                for p in answer.get("processes", [])]
+    async def _check_reachable(self, node: str) -> None:
+        pid = self._supervisor_pid(node)
+        if pid is not None and _state(pid) == "T":
+            raise ProvisionError(f"node {node} is paused: its supervisor answers nothing until resumed")
 
     async def logs(self, node: str, name: str, tail: int = 100) -> str:
         path = self._require_node(node) / "logs" / f"{name}.log"
-        try:
-            return await asyncio.to_thread(_tail, path, tail)
-        except FileNotFoundError:
-            raise ProvisionError(f"node {node}: no log of a process named {name!r} ({path})") from None
-
-    async def resource_usage(self, node: str) -> dict[str, ResourceUsage]:
-        answer = await self._call(node, "usage")
-        return {name: ResourceUsage(u["pid"], u["rss_bytes"], u["cpu_seconds"])
-                for name, u in answer.get("usage", {}).items()}
-
-    async def push_config(self, node: str, section: str, value: Any) -> None:
-        await self._call(node, "config", section=section, value=value)
+        text = await self._log_file(node, name, tail)
+        if text is None:
+            raise ProvisionError(f"node {node}: no log of a process named {name!r} ({path})")
+        return text
 
     # -- node faults ----------------------------------------------------------------
     async def pause_node(self, node: str) -> None:
@@ -331,9 +252,6 @@ class LocalProvider(Provider):
         _reap()
         return [f"killed {p.describe()}" for p in killed]
 
-    async def close(self) -> None:
-        for node in list(self._clients):
-            await self._forget(node)
 
 
 def _state(pid: int) -> str | None:
