@@ -77,8 +77,12 @@ async def test_switch_to_sidecar_shows_the_labs_refusal_in_the_dialog(tui_lab: s
     app = app_on(tui_lab)
     async with app.run_test(size=SIZE) as pilot:
         await wait_for_text(pilot, "bookinfo  ")
-        await pilot.press("m")
-        await settle(pilot)
+        for _ in range(50):  # `m` acts once the first poll has selected a namespace
+            await pilot.press("m")
+            await settle(pilot)
+            if isinstance(app.screen, ModeDialog):
+                break
+            await pilot.pause(0.2)
         dialog = app.screen
         assert isinstance(dialog, ModeDialog)
         dialog.query_one(OptionList).highlighted = 2  # sidecar
