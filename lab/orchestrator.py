@@ -12,6 +12,8 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import json
+import os
+import signal
 import shutil
 import time
 from dataclasses import replace
@@ -28,7 +30,7 @@ from lab.handle import Lab, load_origin
 from lab.controlplane.launch import ensure_control_plane, running_pid
 from lab.errors import LabError, ProvisionError
 from lab.plan import RESOLVER_PORT, LabPlan, plan_lab, ztunnel_process
-from lab.providers import provider_class, provider_names
+from lab.providers import proctags, provider_class, provider_names
 from lab.providers.base import NodeInfo, Provider, ProcessStatus
 from lab.state import LabState, atomic_write, lab_dir, labs_dir, list_labs
 from lab.topology.model import Topology
@@ -331,9 +333,26 @@ async def down(name: str) -> dict[str, Any]:
         except LabError as e:
             errors.append(str(e))
     await lab.close()
+    control_plane = await asyncio.to_thread(_stop_control_plane, lab.dir)
     leftovers = await clean_tagged(name)
     shutil.rmtree(lab.dir, ignore_errors=True)
-    return {"lab": name, "nodes": destroyed, "leftovers": leftovers, "errors": errors}
+    return {"lab": name, "nodes": destroyed, "controlPlane": control_plane, "leftovers": leftovers,
+            "errors": errors}
+
+
+def _stop_control_plane(lab_path: Path, grace: float = 5.0) -> str:
+    """SIGTERM the lab's control plane and wait for it; what is left is killed by tag afterwards."""
+    pid = running_pid(lab_path)
+    if pid is None:
+        return "not running"
+    try:
+        os.kill(pid, signal.SIGTERM)
+    except ProcessLookupError:
+        return "not running"
+    deadline = time.monotonic() + grace
+    while time.monotonic() < deadline and proctags.tags_of(pid) is not None:  # gone (or reaped) once untagged
+        time.sleep(0.05)
+    return "stopped" if proctags.tags_of(pid) is None else "did not stop in time"
 
 
 async def clean_tagged(name: str | None) -> list[str]:

@@ -156,6 +156,10 @@ class AgentChannelServer:
                 await self._dispatch(record, json.loads(line), writer)
         except (ConnectionError, asyncio.TimeoutError, asyncio.IncompleteReadError, ValueError, ssl.SSLError) as e:
             log.info("agent channel from %s closed: %s", peer, e)
+        except asyncio.CancelledError:
+            # The control plane is shutting down. Ending quietly keeps asyncio's stream callback
+            # (Python 3.11) from logging the cancelled handler as an error.
+            pass
         finally:
             if record is not None and record.writer is writer:
                 record.connected, record.writer = False, None

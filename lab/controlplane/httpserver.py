@@ -81,5 +81,7 @@ class JsonApiServer:
                     return
         except (asyncio.IncompleteReadError, ConnectionError):
             return
+        except asyncio.CancelledError:  # shutting down: end quietly (see channel.py)
+            return
         finally:
             writer.close()
