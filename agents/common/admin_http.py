@@ -14,6 +14,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from agents.common.tracked_server import TrackedServer
 from agents.node.resolver_server import MAX_HEAD, BadRequest, parse_request_head
 
 JSON = "application/json"
@@ -58,27 +59,20 @@ def route(routes: Mapping[str, Route], method: str, target: str) -> Reply:
     return handler(dict(urllib.parse.parse_qsl(url.query)))
 
 
-class AdminServer:
+class AdminServer(TrackedServer):
     """Serves `routes` on one address."""
 
     def __init__(self, routes: Mapping[str, Route]) -> None:
         self.routes = routes
-        self._server: asyncio.Server | None = None
-        self._writers: set[asyncio.StreamWriter] = set()
+        super().__init__()
 
     async def start(self, host: str, port: int) -> int:
         """Listen; returns the bound port."""
         self._server = await asyncio.start_server(self._serve, host, port, limit=MAX_HEAD)
         return int(self._server.sockets[0].getsockname()[1])
 
-    async def close(self) -> None:
-        if self._server is not None:
-            self._server.close()
-        for writer in list(self._writers):
-            writer.close()
-
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        self._writers.add(writer)
+        self._track(writer)
         try:
             while True:
                 try:
@@ -97,5 +91,5 @@ class AdminServer:
         except (asyncio.IncompleteReadError, ConnectionError):
             return  # the client went away
         finally:
-            self._writers.discard(writer)
+            self._untrack(writer)
             writer.close()

@@ -14,6 +14,8 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
+from agents.common.tracked_server import TrackedServer
+
 LINE_LIMIT = 16 * 1024 * 1024  # a resolver table for a big topology is one line
 
 Handler = Callable[[dict[str, Any]], Awaitable[dict[str, Any]]]
@@ -46,14 +48,12 @@ def socket_in_use(path: Path) -> bool:
         probe.close()
 
 
-class ControlServer:
+class ControlServer(TrackedServer):
     """Listens on a unix socket and hands each request to `handle`."""
 
     def __init__(self, handle: Handler) -> None:
         self._handle = handle
-        self._server: asyncio.AbstractServer | None = None
-        self._writers: set[asyncio.StreamWriter] = set()
-        self._connections: set[asyncio.Task[None]] = set()
+        super().__init__()
 
     async def start(self, path: Path) -> None:
         # Bind by a name relative to the socket's folder: an absolute path may be longer
@@ -66,22 +66,8 @@ class ControlServer:
             os.chdir(here)
         os.chmod(path, 0o600)
 
-    async def close(self) -> None:
-        if self._server is not None:
-            self._server.close()
-        # Closing a connection's transport ends its read loop; wait for those loops so none
-        # is cancelled half-way when the event loop shuts down.
-        for writer in list(self._writers):
-            writer.close()
-        await asyncio.gather(*self._connections, return_exceptions=True)
-        if self._server is not None:
-            await self._server.wait_closed()
-
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        self._writers.add(writer)
-        task = asyncio.current_task()
-        if task is not None:
-            self._connections.add(task)
+        self._track(writer)
         try:
             while line := await reader.readline():
                 if not line.strip():
@@ -97,6 +83,5 @@ class ControlServer:
         except (ConnectionError, asyncio.LimitOverrunError, ValueError):
             pass  # the client went away or sent an oversized line; it gets no answer
         finally:
-            self._writers.discard(writer)
-            self._connections.discard(task)  # type: ignore[arg-type]
+            self._untrack(writer)
             writer.close()

@@ -14,6 +14,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from agents.common.tracked_server import TrackedServer
 from agents.node.resolver import ResolveError, Resolver
 
 MAX_HEAD = 16 * 1024
@@ -101,36 +102,20 @@ def format_response(status: int, body: Any, keep_alive: bool, head_only: bool = 
     return head.encode() + (b"" if head_only else payload)
 
 
-class ResolverServer:
+class ResolverServer(TrackedServer):
     """Serves the resolver of `current()` (re-read per request, so a pushed table applies at once)."""
 
     def __init__(self, current: Callable[[], Resolver]) -> None:
         self._current = current
-        self._server: asyncio.Server | None = None
-        self._writers: set[asyncio.StreamWriter] = set()
-        self._connections: set[asyncio.Task[None]] = set()
+        super().__init__()
 
     async def start(self, host: str, port: int) -> int:
         """Listen on host:port; returns the bound port (useful with port 0)."""
         self._server = await asyncio.start_server(self._serve, host, port, limit=MAX_HEAD)
         return int(self._server.sockets[0].getsockname()[1])
 
-    async def close(self) -> None:
-        if self._server is not None:
-            self._server.close()
-        # Closing a connection's transport ends its read loop; wait for those loops so none
-        # is cancelled half-way when the event loop shuts down.
-        for writer in list(self._writers):
-            writer.close()
-        await asyncio.gather(*self._connections, return_exceptions=True)
-        if self._server is not None:
-            await self._server.wait_closed()
-
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        self._writers.add(writer)
-        task = asyncio.current_task()
-        if task is not None:
-            self._connections.add(task)
+        self._track(writer)
         try:
             while True:
                 try:
@@ -154,6 +139,5 @@ class ResolverServer:
         except (asyncio.IncompleteReadError, ConnectionError):
             return  # the client went away; nothing to answer
         finally:
-            self._writers.discard(writer)
-            self._connections.discard(task)  # type: ignore[arg-type]
+            self._untrack(writer)
             writer.close()
