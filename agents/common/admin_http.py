@@ -68,8 +68,7 @@ class AdminServer(TrackedServer):
 
     async def start(self, host: str, port: int) -> int:
         """Listen; returns the bound port."""
-        self._server = await asyncio.start_server(self._serve, host, port, limit=MAX_HEAD)
-        return int(self._server.sockets[0].getsockname()[1])
+        return await self._listen_tcp(host, port, MAX_HEAD)
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         self._track(writer)

@@ -17,6 +17,11 @@ class TrackedServer:
         self._writers: set[asyncio.StreamWriter] = set()
         self._connections: set[asyncio.Task[None]] = set()
 
+    async def _listen_tcp(self, host: str, port: int, limit: int) -> int:
+        """Serve `self._serve` on host:port; returns the bound port (useful with port 0)."""
+        self._server = server = await asyncio.start_server(self._serve, host, port, limit=limit)  # type: ignore[attr-defined]
+        return int(server.sockets[0].getsockname()[1])
+
     def _track(self, writer: asyncio.StreamWriter) -> None:
         """Call first in a connection handler."""
         self._writers.add(writer)

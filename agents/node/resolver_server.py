@@ -111,8 +111,7 @@ class ResolverServer(TrackedServer):
 
     async def start(self, host: str, port: int) -> int:
         """Listen on host:port; returns the bound port (useful with port 0)."""
-        self._server = await asyncio.start_server(self._serve, host, port, limit=MAX_HEAD)
-        return int(self._server.sockets[0].getsockname()[1])
+        return await self._listen_tcp(host, port, MAX_HEAD)
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         self._track(writer)
