@@ -5,8 +5,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import subprocess
-import sys
 import threading
 import time
 import urllib.request
@@ -18,19 +16,12 @@ from prometheus_client.parser import text_string_to_metric_families
 from lab.controlplane.launch import running_pid
 from lab.providers.proctags import find_tagged
 from lab.state import lab_dir
+from tests.support import meshlab
 
 ROOT = Path(__file__).resolve().parents[2]
 BOOKINFO = ROOT / "topologies" / "bookinfo.yaml"
 
 pytestmark = pytest.mark.slow
-
-
-def meshlab(*args: str, check: bool = True, timeout: float = 120) -> subprocess.CompletedProcess[str]:
-    proc = subprocess.run([sys.executable, "-m", "lab.cli.main", *args], capture_output=True, text=True,
-                          timeout=timeout, cwd=ROOT)
-    if check and proc.returncode != 0:
-        raise AssertionError(f"meshlab {' '.join(args)} exited {proc.returncode}\n{proc.stdout}\n{proc.stderr}")
-    return proc
 
 
 def load(*args: str) -> dict:

@@ -7,8 +7,6 @@ import datetime
 import json
 import socket
 import ssl
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -20,6 +18,7 @@ from cryptography.x509.oid import NameOID
 from agents.hbone.client import HboneClient
 from agents.hbone.stream import HboneError
 from agents.hbone.tls import client_context
+from tests.support import meshlab
 
 ROOT = Path(__file__).resolve().parents[2]
 ECHO = ROOT / "topologies" / "echo.yaml"
@@ -52,14 +51,6 @@ spec:
   mtls:
     mode: STRICT
 """
-
-
-def meshlab(*args: str, check: bool = True, timeout: float = 120, input: str | None = None):
-    proc = subprocess.run([sys.executable, "-m", "lab.cli.main", *args], capture_output=True, text=True,
-                          timeout=timeout, cwd=ROOT, input=input)
-    if check and proc.returncode != 0:
-        raise AssertionError(f"meshlab {' '.join(args)} exited {proc.returncode}\n{proc.stdout}\n{proc.stderr}")
-    return proc
 
 
 @pytest.fixture(scope="module")

@@ -3,26 +3,17 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
 
 import pytest
+from tests.support import meshlab
 
 ROOT = Path(__file__).resolve().parents[2]
 ECHO = ROOT / "topologies" / "echo.yaml"
 
 pytestmark = pytest.mark.slow
-
-
-def meshlab(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
-    proc = subprocess.run([sys.executable, "-m", "lab.cli.main", *args], capture_output=True, text=True,
-                          timeout=120, cwd=ROOT)
-    if check and proc.returncode != 0:
-        raise AssertionError(f"meshlab {' '.join(args)} exited {proc.returncode}\n{proc.stdout}\n{proc.stderr}")
-    return proc
 
 
 def serials() -> dict[str, set[str]]:

@@ -7,7 +7,6 @@ The lab has a name of its own (container names are per lab name, not per MESHLAB
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import re
@@ -21,58 +20,13 @@ from pathlib import Path
 
 import pytest
 
-from lab import image
-from lab.errors import ProvisionError
 from lab.providers import proctags
-from lab.providers.docker import engine
+from tests.support import labelled, meshlab
 
 ROOT = Path(__file__).resolve().parents[2]
 BOOKINFO = ROOT / "topologies" / "bookinfo.yaml"
 
 pytestmark = [pytest.mark.docker, pytest.mark.slow]
-
-
-def meshlab(*args: str, check: bool = True, timeout: float = 120) -> subprocess.CompletedProcess[str]:
-    proc = subprocess.run([sys.executable, "-m", "lab.cli.main", *args], capture_output=True, text=True,
-                          timeout=timeout, cwd=ROOT)
-    if check and proc.returncode != 0:
-        raise AssertionError(f"meshlab {' '.join(args)} exited {proc.returncode}\n{proc.stdout}\n{proc.stderr}")
-    return proc
-
-
-@contextlib.contextmanager
-def _timer_paused() -> Iterator[None]:
-    """A cold image build takes minutes: hold pytest-timeout's per-test alarm meanwhile."""
-    left, interval = signal.setitimer(signal.ITIMER_REAL, 0)
-    try:
-        yield
-    finally:
-        if left:
-            signal.setitimer(signal.ITIMER_REAL, left, interval)
-
-
-@pytest.fixture(scope="module")
-def node_image() -> str:
-    try:
-        engine(timeout=10).close()
-    except ProvisionError as e:
-        if os.environ.get("CI"):
-            pytest.fail(f"no Docker engine in CI: {e}")
-        pytest.skip(f"no Docker engine: {e}")
-    with _timer_paused():
-        return image.build(offline=True).image
-
-
-def labelled(lab: str) -> list[str]:
-    """Containers, networks and volumes of `lab` in this MESHLAB_HOME, asked of the Docker API by label."""
-    client = engine()
-    try:
-        labels = {"label": [f"meshlab.lab={lab}", f"meshlab.home={proctags.home_tag()}"]}
-        return ([f"container {c.name}" for c in client.containers.list(all=True, filters=labels)]
-                + [f"network {n.name}" for n in client.networks.list(filters=labels)]
-                + [f"volume {v.name}" for v in client.volumes.list(filters=labels)])
-    finally:
-        client.close()
 
 
 def host_side(lab: str) -> list[proctags.TaggedProcess]:

@@ -13,6 +13,8 @@ from pathlib import Path
 import pytest
 
 from lab.providers.proctags import find_tagged
+from tests.support import meshlab as run_meshlab
+
 
 ROOT = Path(__file__).resolve().parents[2]
 BOOKINFO = ROOT / "topologies" / "bookinfo.yaml"
@@ -20,12 +22,8 @@ BOOKINFO = ROOT / "topologies" / "bookinfo.yaml"
 pytestmark = pytest.mark.slow
 
 
-def meshlab(*args: str, check: bool = True, timeout: float = 90) -> subprocess.CompletedProcess[str]:
-    proc = subprocess.run([sys.executable, "-m", "lab.cli.main", *args], capture_output=True, text=True,
-                          timeout=timeout, cwd=ROOT)
-    if check and proc.returncode != 0:
-        raise AssertionError(f"meshlab {' '.join(args)} exited {proc.returncode}\n{proc.stdout}\n{proc.stderr}")
-    return proc
+def meshlab(*args: str, check: bool = True, timeout: float = 90):
+    return run_meshlab(*args, check=check, timeout=timeout)
 
 
 def lab_pids(lab: str) -> set[int]:

@@ -8,26 +8,24 @@ Traffic goes only to the containers and networks these tests create.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import ipaddress
 import os
 import random
-import signal
 import socket
 import subprocess
 import sys
 import textwrap
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 
 import pytest
 
 from lab import image
 from lab.errors import ProvisionError
-from lab.providers import proctags
 from lab.providers.base import NodeSpec, ProcessSpec, Provider
 from lab.providers.docker import DockerProvider, _taken_subnets, engine
+from tests.support import labelled
 from tests.providers.conformance import RealProcessConformance, eventually, status_of
 
 pytestmark = pytest.mark.docker
@@ -45,42 +43,6 @@ CONNECT = ("import socket, sys\n"
            "except OSError as e: print(e); sys.exit(1)\n")
 
 
-@contextlib.contextmanager
-def _test_timer_paused() -> Iterator[None]:
-    """A cold image build takes minutes: hold pytest-timeout's per-test alarm (ITIMER_REAL) meanwhile."""
-    left, interval = signal.setitimer(signal.ITIMER_REAL, 0)
-    try:
-        yield
-    finally:
-        if left:
-            signal.setitimer(signal.ITIMER_REAL, left, interval)
-
-
-@pytest.fixture(scope="session")
-def node_image() -> str:
-    try:
-        engine(timeout=10).close()
-    except ProvisionError as e:
-        if os.environ.get("CI"):  # CI installs and starts the engine (.ci/run): nothing is skipped there
-            pytest.fail(f"no Docker engine in CI: {e}")
-        pytest.skip(f"no Docker engine: {e}")
-    with _test_timer_paused():
-        result = image.build(offline=True)
-    return result.image
-
-
-def _labelled(lab: str) -> list[str]:
-    """Containers, networks and volumes of `lab` (in this MESHLAB_HOME), asked of the Docker API by label."""
-    client = engine()
-    try:
-        labels = {"label": [f"meshlab.lab={lab}", f"meshlab.home={proctags.home_tag()}"]}
-        return ([f"container {c.name}" for c in client.containers.list(all=True, filters=labels)]
-                + [f"network {n.name}" for n in client.networks.list(filters=labels)]
-                + [f"volume {v.name}" for v in client.volumes.list(filters=labels)])
-    finally:
-        client.close()
-
-
 @pytest.fixture
 async def provider(lab_name: str, tmp_path: Path, node_image: str) -> AsyncIterator[DockerProvider]:
     provider = DockerProvider(lab_name, tmp_path / "lab")
@@ -89,7 +51,7 @@ async def provider(lab_name: str, tmp_path: Path, node_image: str) -> AsyncItera
     finally:
         await provider.close()
         await DockerProvider.clean(lab_name)
-        assert await asyncio.to_thread(_labelled, lab_name) == []
+        assert await asyncio.to_thread(labelled, lab_name) == []
 
 
 @pytest.fixture
@@ -128,7 +90,7 @@ class TestDockerConformance(RealProcessConformance):
         return "node-1"
 
     async def leftovers(self, provider: Provider) -> list[str]:
-        return await asyncio.to_thread(_labelled, provider.lab)
+        return await asyncio.to_thread(labelled, provider.lab)
 
     async def leftovers_of_exec(self, provider: Provider) -> list[str]:
         def sleeping() -> list[str]:
@@ -378,7 +340,7 @@ async def test_paused_node_answers_nothing_until_resumed(provider: DockerProvide
     assert (await provider.exec("node-1", ["python3", "-c", ASK, resolver, "5"])).exit_code == 0
     await provider.pause_node("node-2")
     await provider.destroy_node("node-2")  # a paused node can be destroyed
-    assert [x for x in await asyncio.to_thread(_labelled, provider.lab) if "node-2" in x] == []
+    assert [x for x in await asyncio.to_thread(labelled, provider.lab) if "node-2" in x] == []
 
 
 # -- leftovers and errors --------------------------------------------------------------------------
@@ -414,12 +376,12 @@ async def test_clean_after_the_lab_process_was_sigkilled(lab_name: str, tmp_path
     finally:
         lab.kill()
         lab.wait()
-    left = await asyncio.to_thread(_labelled, lab_name)  # the nodes outlive the lab process
+    left = await asyncio.to_thread(labelled, lab_name)  # the nodes outlive the lab process
     assert sorted(left) == sorted([f"container meshlab-{lab_name}-node-1", f"container meshlab-{lab_name}-node-2",
                                    f"network meshlab-{lab_name}"])
     removed = await DockerProvider.clean(lab_name)
     assert sorted(removed) == sorted(left)
-    assert await asyncio.to_thread(_labelled, lab_name) == []
+    assert await asyncio.to_thread(labelled, lab_name) == []
     assert await DockerProvider.clean(lab_name) == []
 
 
