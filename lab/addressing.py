@@ -33,8 +33,8 @@ def node_address(block: str, index: int) -> str:
 
 def workload_address(block: str, index: int, slot: int) -> str:
     """The address of the `slot`-th workload (0-based) on node `index`."""
-    if slot > 255 - FIRST_WORKLOAD_HOST:
-        raise LabError(f"too many workloads on one node (at most {256 - FIRST_WORKLOAD_HOST})")
+    if FIRST_WORKLOAD_HOST + slot >= FIRST_SIDECAR_HOST:
+        raise LabError(f"too many workloads on one node (at most {FIRST_SIDECAR_HOST - FIRST_WORKLOAD_HOST})")
     return _host(block, index, FIRST_WORKLOAD_HOST + slot)
 
 
@@ -121,3 +121,41 @@ def _docker_host(subnet: str, host: int) -> str:
     if host >= net.num_addresses - 1:
         raise LabError(f"the lab network {subnet} is too small for this topology (host .{host} needed)")
     return str(net.network_address + host)
+
+
+# Transparent capture (docker nodes) uses cluster VIPs, as a Kubernetes service CIDR does: the k-th service
+# (topology order) is `.<16+k>` of 10.96.0.0/16 on every node. They live only in the nodes' iptables rules
+# (lab.capture), never on an interface, so labs on one host cannot collide.
+SERVICE_CIDR = "10.96.0.0/16"
+FIRST_CLUSTER_VIP = 16
+
+
+def cluster_vip(service_index: int) -> str:
+    """The cluster VIP of the `service_index`-th service (transparent capture)."""
+    net = ipaddress.ip_network(SERVICE_CIDR)
+    if FIRST_CLUSTER_VIP + service_index >= net.num_addresses - 1:
+        raise LabError(f"too many services for the service CIDR {SERVICE_CIDR}")
+    return str(net.network_address + FIRST_CLUSTER_VIP + service_index)
+
+
+# -- L7 proxies on the local provider ------------------------------------------------------------------
+# A node's /24 also holds its L7 proxies: waypoints at `.2`-`.9` (the hosts kept for node agents) and, in
+# sidecar namespaces, each workload's sidecar at `.<130+slot>` (its outbound listener; the workload's
+# inbound-capture address and its own address:15008 are the sidecar's inbound side).
+
+FIRST_WAYPOINT_HOST, LAST_WAYPOINT_HOST = 2, 9
+FIRST_SIDECAR_HOST = 130
+
+
+def waypoint_address(block: str, node_index: int, slot: int) -> str:
+    """The address of the `slot`-th waypoint placed on node `node_index`."""
+    if FIRST_WAYPOINT_HOST + slot > LAST_WAYPOINT_HOST:
+        raise LabError(f"too many waypoints on one node (at most {LAST_WAYPOINT_HOST - FIRST_WAYPOINT_HOST + 1})")
+    return _host(block, node_index, FIRST_WAYPOINT_HOST + slot)
+
+
+def sidecar_address(block: str, node_index: int, slot: int) -> str:
+    """Where the sidecar of the `slot`-th workload of a node listens for its workload's outbound traffic."""
+    if FIRST_SIDECAR_HOST + slot > 254:
+        raise LabError(f"too many sidecar workloads on one node (at most {255 - FIRST_SIDECAR_HOST})")
+    return _host(block, node_index, FIRST_SIDECAR_HOST + slot)

@@ -9,7 +9,11 @@ from __future__ import annotations
 
 from typing import Any
 
+from lab.capture import node_capture
+from lab.dataplane import sidecar_workloads, waypoint_of, waypoints
+
 HBONE_PORT = 15008
+IN_MESH_INBOUND = ("ambient", "sidecar")  # modes whose workloads plaintext callers reach through a proxy
 
 
 def _mode(state: dict[str, Any], namespace: str) -> str:
@@ -20,7 +24,7 @@ def _endpoint(state: dict[str, Any], name: str, node: str) -> dict[str, Any]:
     w = state["workloads"][name]
     mode = _mode(state, w["namespace"])
     return {"workload": name, "node": w["node"], "address": w["address"], "labels": dict(w["labels"]),
-            "mode": mode, "inboundCapture": w["inboundCapture"] if mode == "ambient" else None}
+            "mode": mode, "inboundCapture": (w["inboundCapture"] or None) if mode in IN_MESH_INBOUND else None}
 
 
 def endpoints_of(state: dict[str, Any], service_key: str) -> list[str]:
@@ -36,7 +40,9 @@ def resolver_table(state: dict[str, Any], node: str) -> dict[str, Any]:
         services.append({"name": s["name"], "namespace": s["namespace"], "ports": s["ports"],
                          "vip": s["vips"].get(node),
                          "endpoints": [_endpoint(state, w, node) for w in endpoints_of(state, key)]})
-    return {"services": services,
+    sidecars = {state["workloads"][w]["address"]: state["workloads"][w]["sidecarAddress"]
+                for w in sidecar_workloads(state, node)}
+    return {"services": services, "sidecars": sidecars,
             "namespaces": {ns: {"mode": v["mode"]} for ns, v in state["namespaces"].items()}}
 
 
@@ -50,22 +56,55 @@ def ztunnel_snapshot(state: dict[str, Any], node: str, policy: dict[str, Any],
         workloads.append({
             "name": name, "namespace": w["namespace"], "serviceAccount": w["serviceAccount"],
             "identity": w["identity"], "address": w["address"], "node": w["node"],
+            # HBONE reaches an ambient workload at its node's ztunnel, a sidecar workload at its own sidecar
             "nodeAddress": owner["address"], "hbonePort": HBONE_PORT, "mode": mode,
+            "hboneAddress": w["address"] if mode == "sidecar" else owner["address"],
             "labels": dict(w["labels"]), "app": w["app"], "version": w["version"], "ports": list(w["ports"]),
-            "inboundCapture": w["inboundCapture"] if mode == "ambient" and w["node"] == node else None,
+            "inboundCapture": (w["inboundCapture"] or None) if mode == "ambient" and w["node"] == node else None,
         })
     services = [{"name": s["name"], "namespace": s["namespace"], "hostname": s["hostname"],
                  "vip": s["vips"].get(node), "ports": s["ports"], "endpoints": endpoints_of(state, key),
-                 "waypoint": None}
+                 "waypoint": _waypoint_ref(state, key)}
                 for key, s in state["services"].items()]
     return {"node": node, "trustDomain": state["trustDomain"], "nodeAddress": state["nodes"][node]["address"],
-            "capture": "explicit", "certTtlSeconds": cert_ttl_seconds, "workloads": workloads,
+            "capture": node_capture(state, node), "certTtlSeconds": cert_ttl_seconds, "workloads": workloads,
             "services": services, "policy": policy}
 
 
+def _waypoint_ref(state: dict[str, Any], service_key: str) -> dict[str, Any] | None:
+    """How a ztunnel reaches the service's waypoint (None: it has none in effect)."""
+    entry = waypoint_of(state, service_key)
+    if entry is None:
+        return None
+    return {"name": entry["name"], "namespace": entry["namespace"], "address": entry["address"],
+            "hbonePort": HBONE_PORT, "identity": entry["identity"]}
+
+
+def waypoint_snapshot(state: dict[str, Any], entry: dict[str, Any], policy: dict[str, Any],
+                      cert_ttl_seconds: int) -> dict[str, Any]:
+    """The config snapshot of a waypoint: the mesh as its node's ztunnel sees it, plus who the waypoint is."""
+    snapshot = ztunnel_snapshot(state, entry["node"], policy, cert_ttl_seconds)
+    snapshot["proxy"] = {"kind": "waypoint", **entry}
+    return snapshot
+
+
+def sidecar_snapshot(state: dict[str, Any], workload: str, policy: dict[str, Any],
+                     cert_ttl_seconds: int) -> dict[str, Any]:
+    """The config snapshot of one workload's sidecar."""
+    w = state["workloads"][workload]
+    snapshot = ztunnel_snapshot(state, w["node"], policy, cert_ttl_seconds)
+    snapshot["proxy"] = {"kind": "sidecar", "workload": workload, "namespace": w["namespace"],
+                         "identity": w["identity"], "address": w["sidecarAddress"],
+                         "workloadAddress": w["address"], "inboundCapture": w["inboundCapture"],
+                         "ports": list(w["ports"])}
+    return snapshot
+
+
 def node_identities(state: dict[str, Any]) -> dict[str, set[str]]:
-    """node -> identities of the workloads scheduled there (what the CA lets its ztunnel ask for)."""
+    """node -> identities its agents may ask certificates for: its workloads' and its waypoints'."""
     out: dict[str, set[str]] = {n: set() for n in state["nodes"]}
     for w in state["workloads"].values():
         out[w["node"]].add(w["identity"])
+    for entry in waypoints(state).values():
+        out[entry["node"]].add(entry["identity"])
     return out

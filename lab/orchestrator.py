@@ -20,7 +20,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any, Callable
 
-from lab import mesh
+from lab import capture, mesh
 from lab.addressing import allocate_block, block_in_use, docker_candidates, docker_gateway
 from lab.ca import DEFAULT_TTL, LabCA
 from lab.client import LabClient
@@ -102,7 +102,8 @@ def _state_document(plan: LabPlan, source: str, status: str, previous: dict[str,
         "trustDomain": topo.trust_domain,
         "createdAt": (previous or {}).get("createdAt", time.time()),
         "updatedAt": time.time(),
-        "nodes": {n.name: {"provider": plan.node_provider(n.name), "address": n.address, "index": n.index}
+        "nodes": {n.name: {"provider": plan.node_provider(n.name), "address": n.address, "index": n.index,
+                           "capture": capture.capture_of(plan.node_provider(n.name))}
                   for n in plan.nodes},
         "namespaces": {ns.name: {"mode": ns.mode, "waypoint": ns.waypoint} for ns in topo.namespaces},
         "services": {f"{s.name}.{s.namespace}": {
@@ -117,7 +118,8 @@ def _state_document(plan: LabPlan, source: str, status: str, previous: dict[str,
                                         "identity": p.workload.identity(topo.trust_domain),
                                         "labels": dict(p.workload.labels),
                                         "ports": _workload_ports(topo, p.workload),
-                                        "inboundCapture": p.inbound_capture}
+                                        "inboundCapture": p.inbound_capture,
+                                        "sidecarAddress": p.sidecar}
                       for p in plan.placements},
     }
 
@@ -241,6 +243,8 @@ async def _join_node(lab: Lab, plan: LabPlan, doc: dict[str, Any], client: LabCl
             raise ProvisionError(f"ztunnel of {node} not ready within {timeout:.0f}s:\n"
                                  + "\n".join(f"    | {line}" for line in tail.splitlines()[-5:]))
         progress("ztunnel", f"{node}: ztunnel ready (HBONE {spec.address}:15008)")
+    if capture.node_capture(doc, node) == "transparent":  # the ztunnel serves: now iptables may send it traffic
+        await capture.install(provider, node, capture.capture_spec(doc, node))
     await provider.push_config(node, "resolver", mesh.resolver_table(doc, node))
     wanted = {p.name: p for p in plan.processes[node]}
     for running in await provider.list_processes(node):

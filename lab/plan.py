@@ -11,8 +11,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
-from lab.addressing import (docker_node_address, docker_workload_address, inbound_capture, node_address,
-                            service_vip, workload_address)
+from lab.addressing import (cluster_vip, docker_node_address, docker_workload_address, inbound_capture, node_address,
+                            service_vip, sidecar_address, workload_address)
 from lab.providers.base import NodeSpec, ProcessSpec
 from lab.topology.model import Topology, Workload
 
@@ -26,7 +26,8 @@ class WorkloadPlacement:
     node: str
     address: str
     port: int  # the workload port of its service's first port; 0 for a client
-    inbound_capture: str = ""  # where plaintext callers reach it through its node's ztunnel
+    inbound_capture: str = ""  # where plaintext callers reach it through its node's ztunnel (or its sidecar)
+    sidecar: str = ""  # where its sidecar listens for its outbound traffic, in a sidecar namespace
 
 
 @dataclass
@@ -64,13 +65,16 @@ def place_workloads(topology: Topology, block: str, docker_subnet: str | None = 
     for w in topology.workloads:
         slot = slots.get(w.node, 0)
         slots[w.node] = slot + 1
+        sidecar = ""
         if docker_subnet and _provider_of(topology, w.node) == "docker":
             address = docker_workload_address(docker_subnet, docker_slot)
             docker_slot += 1
+            capture = ""  # transparent capture: iptables sends plaintext callers of its address to the ztunnel
         else:
             address = workload_address(block, index[w.node], slot)
-        placements.append(WorkloadPlacement(w, w.node, address, _workload_port(topology, w),
-                                            inbound_capture(block, index[w.node], slot)))
+            sidecar = sidecar_address(block, index[w.node], slot)
+            capture = inbound_capture(block, index[w.node], slot)
+        placements.append(WorkloadPlacement(w, w.node, address, _workload_port(topology, w), capture, sidecar))
     return placements
 
 
@@ -152,6 +156,9 @@ def plan_lab(topology: Topology, block: str, lab: str,
         nodes.append(NodeSpec(lab=lab, name=n.name, index=i, address=addr,
                               workload_addresses=tuple(p.address for p in mine), settings=settings))
         processes[n.name] = [workload_process(topology, p, addr, agent_command(n.name)) for p in mine]
-    vips = {f"{s.name}.{s.namespace}": {n.name: service_vip(block, i, k) for i, n in enumerate(topology.nodes)}
+    # Explicit capture: a VIP per node (where its ztunnel listens); transparent (docker): one cluster VIP.
+    vips = {f"{s.name}.{s.namespace}": {n.name: cluster_vip(k) if docker_subnet and _provider_of(topology, n.name)
+                                        == "docker" else service_vip(block, i, k)
+                                        for i, n in enumerate(topology.nodes)}
             for k, s in enumerate(topology.services)}
     return LabPlan(topology, block, nodes, placements, processes, vips)

@@ -49,6 +49,9 @@ def resolve(
     query = {"service": service, "port": str(port)}
     if namespace:
         query["namespace"] = namespace
+    source = source_address()
+    if source:
+        query["source"] = source[0]  # a workload with a sidecar is answered with its sidecar
     status, answer = _get_json(host, resolver_port, "/resolve?" + urllib.parse.urlencode(query), timeout)
     if status != 200:
         message = answer.get("error") or f"resolver answered {status}"

@@ -79,9 +79,12 @@ class Resolver:
         self._turns: dict[tuple[ServiceKey, int], itertools.count[int]] = {}
         # namespace -> data-plane mode; a namespace not listed is outside the mesh
         self._modes = {str(ns): str(v.get("mode", "none")) for ns, v in (self.table.get("namespaces") or {}).items()}
+        # workload address -> its sidecar's address, for the workloads of this node that have one
+        self._sidecars = {str(k): str(v) for k, v in (self.table.get("sidecars") or {}).items()}
 
-    def resolve(self, service: str, port: int | None, namespace: str | None = None) -> Answer:
-        """The endpoint for a new connection to `service`:`port`, asked from `namespace`."""
+    def resolve(self, service: str, port: int | None, namespace: str | None = None,
+                source: str | None = None) -> Answer:
+        """The endpoint for a new connection to `service`:`port`, asked from `namespace` by the workload at `source`."""
         found = self._lookup(service, namespace)
         if port is None:
             if len(found.ports) != 1:
@@ -90,6 +93,10 @@ class Resolver:
             port = next(iter(found.ports))
         if port not in found.ports:
             raise UnknownService(f"unknown port {port} of service '{service}' (ports: {_port_list(found)})")
+        sidecar = self._sidecars.get(source or "")
+        if sidecar:
+            # A workload with a sidecar sends everything to it; the sidecar routes by service (explicit capture).
+            return Answer(sidecar, port, "sidecar", "")
         if self._modes.get(namespace or "", "none") == "ambient" and found.vip:
             # Ambient callers go through their node's ztunnel, which picks the endpoint (explicit capture).
             return Answer(found.vip, port, "ztunnel", "")
@@ -99,10 +106,11 @@ class Resolver:
         key = ((found.namespace, found.name), port)
         turn = next(self._turns.setdefault(key, itertools.count()))
         endpoint = ready[turn % len(ready)]
-        if endpoint.get("mode") == "ambient" and endpoint.get("inboundCapture"):
-            # A caller outside the mesh reaches an ambient workload through that node's ztunnel (plaintext inbound).
-            return Answer(str(endpoint["inboundCapture"]), found.ports[port], "ztunnel-inbound",
-                          str(endpoint.get("workload", "")))
+        if endpoint.get("mode") in ("ambient", "sidecar") and endpoint.get("inboundCapture"):
+            # A caller outside the mesh reaches a mesh workload through its proxy (plaintext inbound): the node's
+            # ztunnel for an ambient workload, its own sidecar for a sidecar workload.
+            via = "ztunnel-inbound" if endpoint["mode"] == "ambient" else "sidecar-inbound"
+            return Answer(str(endpoint["inboundCapture"]), found.ports[port], via, str(endpoint.get("workload", "")))
         return Answer(str(endpoint["address"]), found.ports[port], "direct", str(endpoint.get("workload", "")))
 
     def _lookup(self, service: str, namespace: str | None) -> _Service:

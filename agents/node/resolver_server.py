@@ -88,7 +88,8 @@ def answer(resolver: Resolver, request: Request) -> tuple[int, Any]:
         except ValueError:
             return 400, {"error": f"bad port {query['port']!r}"}
     try:
-        return 200, resolver.resolve(service, port, query.get("namespace") or None).to_json()
+        return 200, resolver.resolve(service, port, query.get("namespace") or None,
+                                     query.get("source") or None).to_json()
     except ResolveError as e:
         return e.status, {"error": str(e)}
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import json
 import os
 import re
@@ -189,6 +190,25 @@ class NodeSupervisor:
             process.start()
             self._changed()
             return {"changed": True}
+
+    async def _op_restart(self, request: dict[str, Any]) -> dict[str, Any]:
+        """Restart a process with changes to its environment (`env`; an empty value removes a variable).
+
+        This is how a workload gets (or loses) its sidecar: like a pod, it is restarted with a new spec.
+        """
+        process = self._process(request["name"])
+        env = {k: v for k, v in {**process.spec.env, **(request.get("env") or {})}.items() if v != ""}
+        spec = dataclasses.replace(process.spec, env=env)
+        async with self._lock(spec.name):
+            await process.stop()
+            env_all = {**self._env, **spec.env, "MESHLAB_LAB": self.lab, "MESHLAB_NODE": self.node,
+                       "MESHLAB_WORKLOAD": spec.name}
+            restarted = SupervisedProcess(spec, env_all, self.dir, self.dir / "logs" / f"{spec.name}.log",
+                                          self._changed)
+            self.processes[spec.name] = restarted
+            restarted.start()
+        self._changed()
+        return {}
 
     async def _op_stop(self, request: dict[str, Any]) -> dict[str, Any]:
         """Stop a process and forget it: `list` no longer shows it (its log stays)."""

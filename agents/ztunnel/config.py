@@ -14,10 +14,12 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from agents.common.certs import parse_spiffe
+from agents.ztunnel import transparent
 from agents.ztunnel.policy import ConnInfo, authorize, mtls_mode
 
 MODES = ("ambient", "sidecar", "none")
 MESH_MODES = ("ambient", "sidecar")  # destinations reached over HBONE
+CAPTURES = ("explicit", "transparent")  # per-VIP sockets the resolver hands out, or iptables REDIRECT
 Address = tuple[str, int]
 
 
@@ -43,6 +45,12 @@ class Workload:
     version: str
     ports: tuple[int, ...]
     inbound_capture: str | None
+    hbone_address: str = ""  # where HBONE reaches it: its node's ztunnel, or its own sidecar; "" = node_address
+
+    @property
+    def hbone_target(self) -> tuple[str, int]:
+        """(address, port) of the HBONE server that serves this workload."""
+        return self.hbone_address or self.node_address, self.hbone_port
 
     @property
     def canonical_service(self) -> str:
@@ -66,6 +74,21 @@ class ServicePort:
 
 
 @dataclass(frozen=True)
+class WaypointRef:
+    """The waypoint that serves a service: ztunnels send its traffic there over HBONE."""
+
+    name: str
+    namespace: str
+    address: str
+    hbone_port: int
+    identity: str
+
+    @property
+    def hbone_target(self) -> tuple[str, int]:
+        return self.address, self.hbone_port
+
+
+@dataclass(frozen=True)
 class Service:
     """A service with this node's VIP for it."""
 
@@ -75,7 +98,12 @@ class Service:
     vip: str
     ports: tuple[ServicePort, ...]
     endpoints: tuple[str, ...]  # workload names
-    waypoint: Any
+    waypoint: WaypointRef | None = None
+
+    @property
+    def key(self) -> str:
+        """`name.namespace`, the key of route tables and destination rules."""
+        return f"{self.name}.{self.namespace}"
 
 
 @dataclass
@@ -133,8 +161,22 @@ class Snapshot:
 
     def listen_addresses(self) -> set[tuple[str, str, int]]:
         """(kind, ip, port) of every capture socket this config wants bound."""
+        if self.capture == "transparent":  # iptables brings everything to two wildcard sockets
+            return transparent.listen_addresses()
         return ({("outbound", ip, port) for ip, port in self.outbound}
                 | {("inbound", ip, port) for ip, port in self.inbound_capture})
+
+    @property
+    def upstream_mark(self) -> int | None:
+        """SO_MARK for the ztunnel's plaintext upstream sockets: with transparent capture, so iptables skips them."""
+        return transparent.PROXY_MARK if self.capture == "transparent" else None
+
+    def inbound_target(self, ip: str, port: int) -> Workload | None:
+        """The local ambient workload a plaintext connection captured for `ip:port` is meant for."""
+        if self.capture == "transparent":  # `ip:port` is the workload's own (SO_ORIGINAL_DST)
+            w = self.local_ambient.get(ip)
+            return w if w is not None and port in w.ports else None
+        return self.inbound_capture.get((ip, port))
 
     def endpoints(self, service: Service) -> list[Workload]:
         """The service's endpoint workloads (unknown names are skipped)."""
@@ -159,6 +201,8 @@ def parse_snapshot(raw: Any, node: str) -> Snapshot:
     if ttl is not None and (not isinstance(ttl, int) or isinstance(ttl, bool) or ttl <= 0):
         raise ConfigError(f"certTtlSeconds: want a positive integer, got {ttl!r}")
     policy = _dict(doc.get("policy") or {}, "policy")
+    if _str(doc, "capture", "snapshot") not in CAPTURES:
+        raise ConfigError(f"snapshot.capture: want one of {', '.join(CAPTURES)}, got {doc['capture']!r}")
     snapshot = Snapshot(
         raw=doc, node=node, trust_domain=_str(doc, "trustDomain", "snapshot"),
         node_address=_ip(doc, "nodeAddress", "snapshot"), capture=_str(doc, "capture", "snapshot"),
@@ -214,6 +258,7 @@ def _workload(raw: Any, i: int) -> Workload:
         app=str(d.get("app") or labels.get("app") or ""), version=str(d.get("version") or labels.get("version") or ""),
         ports=tuple(_port(p, f"{where}.ports[{j}]") for j, p in enumerate(ports)),
         inbound_capture=None if capture is None else _ip(d, "inboundCapture", where),
+        hbone_address=_ip(d, "hboneAddress", where) if d.get("hboneAddress") else "",
     )
 
 
@@ -234,7 +279,20 @@ def _service(raw: Any, i: int) -> Service:
     return Service(name=name, namespace=namespace,
                    hostname=str(d.get("hostname") or f"{name}.{namespace}.svc.cluster.local"),
                    vip=_ip(d, "vip", where), ports=tuple(ports), endpoints=tuple(endpoints),
-                   waypoint=d.get("waypoint"))
+                   waypoint=_waypoint(d.get("waypoint"), f"{where}.waypoint"))
+
+
+def _waypoint(raw: Any, where: str) -> WaypointRef | None:
+    if raw is None:
+        return None
+    d = _dict(raw, where)
+    identity = _str(d, "identity", where)
+    try:
+        parse_spiffe(identity)
+    except ValueError as e:
+        raise ConfigError(f"{where}.identity: {e}") from None
+    return WaypointRef(_str(d, "name", where), _str(d, "namespace", where), _ip(d, "address", where),
+                       _port(d.get("hbonePort", 15008), f"{where}.hbonePort"), identity)
 
 
 # ---------------------------------------------------------------- field checks

@@ -26,7 +26,7 @@ from agents.ztunnel.config import Service, ServicePort, Snapshot, Workload
 from agents.ztunnel.dialer import HboneDialer
 from agents.ztunnel.headers import connect_headers, trace_id
 from agents.ztunnel.relay import can_bind_source, connect_from, splice
-from agents.ztunnel.telemetry import ConnectionRecord, Peer, Telemetry, tcp_labels
+from agents.ztunnel.telemetry import UNKNOWN, ConnectionRecord, Peer, Telemetry, tcp_labels
 
 log = logging.getLogger("meshlab.ztunnel.outbound")
 
@@ -72,6 +72,15 @@ class Outbound:
             return self._refuse(client, record, snapshot, service, "unknown_source", "NR",
                                 f"no ambient workload of node {snapshot.node} has address {peer[0]}")
         record.source, record.source_identity = Peer.of(source), source.identity
+        waypoint = service.waypoint
+        if waypoint is not None and waypoint.identity != source.identity:
+            # L7 for this service happens at its waypoint: tunnel there, addressed to the service.
+            record.destination = Peer(waypoint.name, waypoint.namespace, waypoint.name, UNKNOWN, waypoint.name,
+                                      "latest")
+            record.destination_workload_address = f"{service.hostname}:{service_port.port}"
+            await self._via_hbone(client, peer, record, snapshot, source, service, waypoint.hbone_target,
+                                  f"{service.hostname}:{service_port.port}", waypoint.identity)
+            return
         destination = self._pick(snapshot, service)
         if destination is None:
             return self._refuse(client, record, snapshot, service, "no_healthy_upstream", "UH",
@@ -79,7 +88,8 @@ class Outbound:
         record.destination = Peer.of(destination)
         record.destination_workload_address = f"{destination.address}:{service_port.target_port}"
         if destination.in_mesh:
-            await self._via_hbone(client, peer, record, snapshot, source, destination, service, service_port)
+            await self._via_hbone(client, peer, record, snapshot, source, service, destination.hbone_target,
+                                  f"{_host(destination.address)}:{service_port.target_port}", destination.identity)
         else:
             await self._plaintext(client, record, snapshot, source, destination, service, service_port)
 
@@ -91,19 +101,19 @@ class Outbound:
         return endpoints[next(counter) % len(endpoints)]
 
     async def _via_hbone(self, client: socket.socket, peer: tuple[str, int], record: ConnectionRecord,
-                         snapshot: Snapshot, source: Workload, destination: Workload, service: Service,
-                         service_port: ServicePort) -> None:
-        record.protocol, record.destination_identity = "hbone", destination.identity
+                         snapshot: Snapshot, source: Workload, service: Service, hbone_at: tuple[str, int],
+                         authority: str, destination_identity: str) -> None:
+        """Tunnel the connection to `authority` through the HBONE server at `hbone_at` (a ztunnel, sidecar or
+        waypoint), which proves to be `destination_identity`."""
+        record.protocol, record.destination_identity = "hbone", destination_identity
         headers = connect_headers((str(peer[0]), int(peer[1])), source, service, snapshot.cluster)
         record.trace_id = trace_id(headers["traceparent"])
-        authority = f"{_host(destination.address)}:{service_port.target_port}"
-        hbone_at = (destination.node_address, destination.hbone_port)
 
         def labels(flags: str) -> tuple[str, ...]:
-            return tcp_labels("source", record.source, source.identity, record.destination, destination.identity,
+            return tcp_labels("source", record.source, source.identity, record.destination, destination_identity,
                               service, flags, "mutual_tls", snapshot.cluster)
         try:
-            tunnel = await self.dialer.connect(hbone_at, authority, source.identity, destination.identity, headers)
+            tunnel = await self.dialer.connect(hbone_at, authority, source.identity, destination_identity, headers)
         except HboneError as e:
             outcome, flags = _hbone_failure(e)
             record.labels, record.detail = labels(flags), str(e)
@@ -135,7 +145,7 @@ class Outbound:
                               snapshot.cluster)
         try:
             upstream = await connect_from(address, source.address if can_bind_source(source.address) else None,
-                                          self.connect_timeout)
+                                          self.connect_timeout, mark=snapshot.upstream_mark)
         except OSError as e:
             record.labels, record.detail = labels("UF"), f"connect to {address[0]}:{address[1]}: {e.strerror or e}"
             _close(client, reset=True)

@@ -22,7 +22,7 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
-from lab import mesh
+from lab import capture, dataplane, mesh
 from lab.ca import LabCA, NodeAuthorizer
 from lab.controlplane.api import LabApi
 from lab.controlplane.bootstrap import AGENT_CHANNEL_PORT, api_token, channel_addresses, node_tokens
@@ -30,12 +30,14 @@ from lab.controlplane.channel import AgentChannelServer
 from lab.controlplane import readiness
 from lab.controlplane.httpserver import JsonApiServer
 from lab.controlplane.loads import LoadRuns
+from lab.controlplane.proxies import ProxyControl, sidecar_process_of, wait_proxies_ready, waypoint_process_of
 from lab.controlplane.telemetry import TrafficView
 from lab.errors import LabError
 from lab.meshconfig import ConfigStore, to_agent_json
 from lab.state import LabState, atomic_write, lab_dir
 
 log = logging.getLogger("meshlab.controlplane")
+MODES = ("none", "ambient", "sidecar")
 
 class ControlPlane:
     """Holds the lab's state and serves agents and clients from it."""
@@ -51,6 +53,8 @@ class ControlPlane:
         self.channel = AgentChannelServer(node_tokens(self.dir, list(self.state["nodes"])), self.snapshot_for,
                                           self.sign, self.ttl)
         self._authorizer = NodeAuthorizer(mesh.node_identities(self.state))
+        self._retired_waypoints: dict[str, dict[str, Any]] = {}  # disabled, still draining: keep their config
+        self.proxies = ProxyControl(lab)
         self.traffic = TrafficView()
         self.loads = LoadRuns(lab)
         self.events: collections.deque[dict[str, Any]] = collections.deque(maxlen=500)
@@ -66,8 +70,16 @@ class ControlPlane:
         return timedelta(seconds=int(self.state.get("certTtlSeconds") or 86400))
 
     def snapshot_for(self, node: str, agent: str) -> dict[str, Any]:
-        return mesh.ztunnel_snapshot(self.state, node, to_agent_json(self.store.objects()),
-                                     int(self.ttl.total_seconds()))
+        """The config of one agent: a node's ztunnel, a waypoint (`waypoint:ns/name`) or a sidecar (`sidecar:w`)."""
+        policy, ttl = to_agent_json(self.store.objects()), int(self.ttl.total_seconds())
+        kind, _, who = agent.partition(":")
+        if kind == "waypoint":
+            entry = dataplane.waypoints(self.state).get(who) or self._retired_waypoints.get(who)
+            if entry is not None:
+                return mesh.waypoint_snapshot(self.state, entry, policy, ttl)
+        elif kind == "sidecar" and who in self.state["workloads"]:
+            return mesh.sidecar_snapshot(self.state, who, policy, ttl)
+        return mesh.ztunnel_snapshot(self.state, node, policy, ttl)
 
     def sign(self, node: str, holder: str, identity: str, csr: bytes) -> tuple[bytes, bytes]:
         """Sign a CSR for an agent of `node`, if a workload of that identity is scheduled there."""
@@ -89,43 +101,119 @@ class ControlPlane:
         return version
 
     async def set_mode(self, namespace: str, mode: str, timeout: float = 20.0) -> dict[str, Any]:
-        """Move a namespace into or out of ambient mode, live, with no failed request.
+        """Move a namespace between modes none, ambient and sidecar, live.
 
-        Like Istio's ambient enrolment, nothing restarts: new connections are captured from
-        the moment the node's resolver says so. Into the mesh, the ztunnels get the new config
+        Ambient enrolment restarts nothing, as in Istio: new connections are captured from the
+        moment the node's resolver says so. Into the mesh, the proxies get the new config
         (listeners, certificates) before any resolver hands out their addresses; out of it,
-        the resolvers stop first.
+        the resolvers stop first. Moving into or out of sidecar mode restarts the namespace's
+        workloads one by one (injection happens at start, as in Kubernetes), with their sidecars
+        started before and stopped after.
         """
         self.state = self.state_file.load()  # `up` may have rewritten it since
         if namespace not in self.state["namespaces"]:
             raise LabError(f"no namespace '{namespace}' in lab '{self.lab}' "
                            f"(namespaces: {', '.join(self.state['namespaces'])})")
-        if mode not in ("ambient", "none"):
-            raise LabError(f"mode '{mode}' is not supported yet (sidecar mode arrives with the L7 proxies); "
-                           f"use ambient or none")
+        if mode not in MODES:
+            raise LabError(f"unknown mode '{mode}'; use one of {', '.join(MODES)}")
         before = self.state["namespaces"][namespace]["mode"]
         if before == mode:
             return {"namespace": namespace, "mode": mode, "changed": False, "version": self.channel.version}
+        began = time.monotonic()
+        members = sorted(n for n, w in self.state["workloads"].items() if w["namespace"] == namespace)
+        if mode == "sidecar":
+            for name in members:  # refuse before changing anything
+                dataplane.sidecar_process(self.state, name, "-", ("-",))
         self.state["namespaces"][namespace]["mode"] = mode
         self.state_file.save(self.state)
-        every_ztunnel = [f"ztunnel/{node}" for node in self.state["nodes"]]
-        if mode == "ambient":
-            version = self.channel.publish()
-            synced = await self.channel.wait_synced(timeout, every_ztunnel)
-            nodes = [self.state["nodes"][n]["address"] for n in readiness.ambient_nodes(self.state)]
-            not_ready = await readiness.wait_ready(nodes, timeout)
-            if not_ready:
-                raise LabError(f"ztunnels at {', '.join(not_ready)} are not ready after {timeout:.0f}s; "
-                               f"namespace {namespace} stays enrolled, but callers keep going direct "
-                               f"(see `meshlab logs NODE/ztunnel`)")
+        self._authorizer = NodeAuthorizer(mesh.node_identities(self.state))
+        if mode == "sidecar":
+            await self.proxies.start_sidecars(self.state, members)
+            await wait_proxies_ready([self.state["workloads"][w]["sidecarAddress"] for w in members], timeout,
+                                     f"sidecars of namespace {namespace}")
+        expect = [f"ztunnel/{node}" for node in self.state["nodes"]]
+        if mode == "none":
             await self.push_resolver_tables()
+            await self.push_capture_rules()
+            version = self.channel.publish()
+            synced = await self.channel.wait_synced(timeout, expect)
         else:
-            await self.push_resolver_tables()
             version = self.channel.publish()
-            synced = await self.channel.wait_synced(timeout, every_ztunnel)
-        self.event(f"namespace {namespace}: mode {before} -> {mode} (config version {version})")
+            synced = await self.channel.wait_synced(timeout, expect)
+            if mode == "ambient":
+                nodes = [self.state["nodes"][n]["address"] for n in readiness.ambient_nodes(self.state)]
+                not_ready = await readiness.wait_ready(nodes, timeout)
+                if not_ready:
+                    raise LabError(f"ztunnels at {', '.join(not_ready)} are not ready after {timeout:.0f}s; "
+                                   f"namespace {namespace} stays enrolled, but callers keep going direct "
+                                   f"(see `meshlab logs NODE/ztunnel`)")
+            await self.push_capture_rules()
+            await self.push_resolver_tables()
+        restarted: list[str] = []
+        if "sidecar" in (before, mode):
+            injected = mode == "sidecar"
+            env = {w: {"MESH_SIDECAR": self.state["workloads"][w]["sidecarAddress"] if injected else ""}
+                   for w in members}
+            restarted = await self.proxies.restart_workloads(self.state, members, env)
+        if before == "sidecar":
+            await self.proxies.stop(self.state, [sidecar_process_of(self.state, w) for w in members])
+        seconds = round(time.monotonic() - began, 3)
+        self.event(f"namespace {namespace}: mode {before} -> {mode} (config version {version}"
+                   + (f", restarted {len(restarted)} workloads" if restarted else "") + ")")
         return {"namespace": namespace, "mode": mode, "previous": before, "changed": True, "version": version,
-                "synced": synced}
+                "synced": synced, "restarted": restarted, "seconds": seconds}
+
+    async def set_waypoint(self, namespace: str, enabled: bool, service: str | None = None,
+                           timeout: float = 20.0) -> dict[str, Any]:
+        """Deploy or remove a waypoint for a namespace (or one service of it), live.
+
+        Enabling starts the waypoint and waits until it serves before any ztunnel sends it traffic;
+        disabling points the ztunnels back at the workloads first, then stops the waypoint.
+        """
+        self.state = self.state_file.load()
+        key = f"{namespace}/{dataplane.waypoint_name(service)}"
+        expect = [f"ztunnel/{node}" for node in self.state["nodes"]]
+        if enabled:
+            if key in dataplane.waypoints(self.state):
+                return {"waypoint": dataplane.waypoints(self.state)[key], "changed": False,
+                        "version": self.channel.version}
+            entry = dataplane.add_waypoint(self.state, namespace, service)
+            if service is None:
+                self.state["namespaces"][namespace]["waypoint"] = True
+            self.state_file.save(self.state)
+            self._authorizer = NodeAuthorizer(mesh.node_identities(self.state))
+            self.channel.publish()  # the waypoint's own config exists from here on
+            await self.proxies.start_waypoint(self.state, entry)
+            await wait_proxies_ready([entry["address"]], timeout, f"waypoint {key}")
+            version = self.channel.publish()
+            synced = await self.channel.wait_synced(timeout, expect)
+        else:
+            entry = dataplane.remove_waypoint(self.state, namespace, service)
+            if entry is None:
+                if namespace not in self.state["namespaces"]:
+                    raise LabError(f"no namespace '{namespace}' in lab '{self.lab}'")
+                return {"waypoint": None, "changed": False, "version": self.channel.version}
+            if service is None:
+                self.state["namespaces"][namespace]["waypoint"] = False
+            self.state_file.save(self.state)
+            self._retired_waypoints[key] = entry
+            version = self.channel.publish()
+            synced = await self.channel.wait_synced(timeout, expect)
+            await self.proxies.stop(self.state, [waypoint_process_of(entry)])
+            self._retired_waypoints.pop(key, None)
+            self._authorizer = NodeAuthorizer(mesh.node_identities(self.state))
+        self.event(f"waypoint {key} {'enabled' if enabled else 'disabled'} (config version {version})")
+        return {"waypoint": entry, "enabled": enabled, "changed": True, "version": version, "synced": synced}
+
+    async def push_capture_rules(self) -> None:
+        """Rewrite the iptables capture of every transparent (docker) node for the current state."""
+        from lab.handle import Lab
+
+        lab = Lab(self.lab)
+        try:
+            await capture.install_all(lab, self.state)
+        finally:
+            await lab.close()
 
     async def push_resolver_tables(self) -> None:
         """Hand every node's resolver its table for the current state (through the node's provider)."""

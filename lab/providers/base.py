@@ -141,6 +141,10 @@ class Provider(abc.ABC):
     @abc.abstractmethod
     async def list_processes(self, node: str) -> list[ProcessStatus]: ...
 
+    async def restart_process(self, node: str, name: str, env: dict[str, str] | None = None) -> None:
+        """Restart a supervised process, changing its environment (`env`; "" removes a variable)."""
+        raise NotImplementedError(f"{self.name}: restarting a process is not supported")
+
     async def signal_process(self, node: str, name: str, signal: int) -> None:
         """Send a signal to a supervised process (SIGTERM ends a load run early, SIGSTOP pauses an agent)."""
         from lab.errors import ProviderNotSupported

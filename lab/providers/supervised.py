@@ -92,6 +92,9 @@ class SupervisedProvider(Provider):
     async def signal_process(self, node: str, name: str, signal: int) -> None:
         await self._call(node, "signal", name=name, signal=signal)
 
+    async def restart_process(self, node: str, name: str, env: dict[str, str] | None = None) -> None:
+        await self._call(node, "restart", name=name, env=env or {}, timeout=STOP_TIMEOUT + 10)
+
     async def list_processes(self, node: str) -> list[ProcessStatus]:
         answer = await self._call(node, "list")
         return [ProcessStatus(name=p["name"], state=p["state"], pid=p.get("pid"), restarts=p.get("restarts", 0),
