@@ -92,6 +92,12 @@ class LabClient:
     def set_mode(self, namespace: str, mode: str) -> dict[str, Any]:
         return self.call("POST", "/v1/mode", {"namespace": namespace, "mode": mode})
 
+    def set_waypoint(self, namespace: str, enabled: bool, service: str | None = None) -> dict[str, Any]:
+        return self.call("POST", "/v1/waypoints", {"namespace": namespace, "enabled": enabled, "service": service})
+
+    def waypoints(self) -> dict[str, Any]:
+        return self.call("GET", "/v1/waypoints")
+
     def nodes(self) -> dict[str, Any]:
         """The lab's state with what each node reports now (processes, restarts)."""
         return self.call("GET", "/v1/nodes")
@@ -119,3 +125,18 @@ class LabClient:
     def usage(self) -> dict[str, Any]:
         """RSS and CPU of every process on every node, with its role."""
         return self.call("GET", "/v1/usage")
+
+    def faults(self) -> dict[str, Any]:
+        """The live faults, with the time each has left."""
+        return self.call("GET", "/v1/faults")
+
+    def add_fault(self, kind: str, target: str | None = None, params: dict[str, Any] | None = None,
+                  ttl_seconds: float | None = None, toxicity: float | None = None,
+                  direction: str | None = None) -> dict[str, Any]:
+        """Add a live fault (see `meshlab fault add --help` for kinds and params); returns it with its id."""
+        return self.call("POST", "/v1/faults", {"kind": kind, "target": target, "params": params or {},
+                                                "ttlSeconds": ttl_seconds, "toxicity": toxicity,
+                                                "direction": direction})
+
+    def remove_fault(self, fault_id: str | None = None, everything: bool = False) -> dict[str, Any]:
+        return self.call("DELETE", "/v1/faults", {"id": fault_id, "all": everything})

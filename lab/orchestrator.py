@@ -20,7 +20,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any, Callable
 
-from lab import capture, mesh
+from lab import capture, dataplane, mesh
 from lab.addressing import allocate_block, block_in_use, docker_candidates, docker_gateway
 from lab.ca import DEFAULT_TTL, LabCA
 from lab.client import LabClient
@@ -161,7 +161,11 @@ async def up(topology: Topology, *, provider: str | None = None, progress: Progr
         doc["certTtlSeconds"] = ttl
         if subnet:
             doc["docker"] = {"subnet": subnet, "gateway": docker_gateway(subnet)}
+        doc["waypoints"] = waypoints
         return doc
+
+    waypoints: dict[str, Any] = {}
+    waypoints = _plan_waypoints(document("provisioning"), previous)
 
     doc = document("provisioning")
     lab.state.save(doc)
@@ -189,6 +193,47 @@ async def up(topology: Topology, *, provider: str | None = None, progress: Progr
     progress("lab", f"{lab.name} is up: {len(plan.nodes)} nodes, {len(plan.placements)} workloads "
                     f"in {doc['upSeconds']:.2f}s")
     return doc
+
+
+def _plan_waypoints(doc: dict[str, Any], previous: dict[str, Any] | None) -> dict[str, Any]:
+    """The lab's waypoints: those it had (enabled live, kept where they were) and those the topology asks for."""
+    doc["waypoints"] = {key: w for key, w in ((previous or {}).get("waypoints") or {}).items()
+                        if w["namespace"] in doc["namespaces"] and w["node"] in doc["nodes"]
+                        and (w.get("service") is None or f"{w['service']}.{w['namespace']}" in doc["services"])}
+    for namespace, ns in doc["namespaces"].items():
+        if ns.get("waypoint"):
+            dataplane.add_waypoint(doc, namespace)
+    return doc["waypoints"]
+
+
+def _proxy_names(doc: dict[str, Any], node: str) -> set[str]:
+    """The process names of the L7 proxies the node should run."""
+    names = {dataplane.proxy_process_name(dataplane.waypoint_agent(w))
+             for w in dataplane.waypoints(doc).values() if w["node"] == node}
+    return names | {dataplane.proxy_process_name(dataplane.sidecar_agent(w))
+                    for w in dataplane.sidecar_workloads(doc, node)}
+
+
+async def _start_proxies(provider: Provider, doc: dict[str, Any], node: str, cp: str, timeout: float,
+                         progress: Progress) -> None:
+    """Start the node's waypoints and sidecars, and wait until they serve (before the workloads start)."""
+    agent = provider.agent_command(node)
+    here = [w for w in dataplane.waypoints(doc).values() if w["node"] == node]
+    sidecars = dataplane.sidecar_workloads(doc, node)
+    specs = [dataplane.waypoint_process(w, cp, agent) for w in here]
+    specs += [dataplane.sidecar_process(doc, w, cp, agent) for w in sidecars]
+    if not specs:
+        return
+    await asyncio.gather(*(provider.start_process(node, spec) for spec in specs))
+    addresses = [w["address"] for w in here] + [doc["workloads"][w]["sidecarAddress"] for w in sidecars]
+    not_ready = await readiness.wait_ready(addresses, timeout)
+    if not_ready:
+        raise ProvisionError(f"{node}: L7 proxies at {', '.join(not_ready)} not ready within {timeout:.0f}s "
+                             f"(see `meshlab logs {node}/<proxy>`)")
+    for w in here:
+        progress("waypoint", f"{node}: waypoint {w['namespace']}/{w['name']} ready ({w['address']}:15008)")
+    if sidecars:
+        progress("sidecar", f"{node}: {len(sidecars)} sidecars ready")
 
 
 async def _remove_stale_nodes(lab: Lab, plan: LabPlan, previous: dict[str, Any] | None,
@@ -233,7 +278,9 @@ async def _join_node(lab: Lab, plan: LabPlan, doc: dict[str, Any], client: LabCl
                              f"`meshlab down {lab.name}` and `up` again")
     await _install_bootstrap(lab, provider, node, token)
     agent = provider.agent_command(node)
-    ztunnel = ztunnel_process(spec, f"{cp}:{AGENT_CHANNEL_PORT}", agent)
+    # An ssh node's agents reach the control plane through a reverse forward on their own host.
+    endpoint = getattr(provider, "channel_endpoint", None)
+    ztunnel = ztunnel_process(spec, endpoint(node) if endpoint else f"{cp}:{AGENT_CHANNEL_PORT}", agent)
     await provider.start_process(node, ztunnel)
     if node in readiness.ambient_nodes(doc):
         # Ambient workloads here: the ztunnel must serve (config applied, certificates in hand) before them.
@@ -245,9 +292,14 @@ async def _join_node(lab: Lab, plan: LabPlan, doc: dict[str, Any], client: LabCl
         progress("ztunnel", f"{node}: ztunnel ready (HBONE {spec.address}:15008)")
     if capture.node_capture(doc, node) == "transparent":  # the ztunnel serves: now iptables may send it traffic
         await capture.install(provider, node, capture.capture_spec(doc, node))
+    await _start_proxies(provider, doc, node, f"{cp}:{AGENT_CHANNEL_PORT}", timeout, progress)
     await provider.push_config(node, "resolver", mesh.resolver_table(doc, node))
     wanted = {p.name: p for p in plan.processes[node]}
     for running in await provider.list_processes(node):
+        proxy = running.labels.get("role") in ("waypoint", "sidecar")
+        if proxy and running.name not in _proxy_names(doc, node):
+            await provider.stop_process(node, running.name)
+            progress(running.labels["role"], f"{running.name} stopped (no longer wanted)")
         if running.name not in wanted and running.labels.get("role") == "workload":
             await provider.stop_process(node, running.name)
             progress("workload", f"{running.name} stopped (no longer in the topology)")
@@ -306,7 +358,11 @@ async def status(name: str) -> dict[str, Any]:
         for node, entry in doc["nodes"].items():
             provider = lab.provider_of(node, doc)
             try:
-                entry["state"] = (await provider.node_info(node)).state
+                info = await provider.node_info(node)
+                entry["state"] = info.state
+                for key in ("connection", "capture", "captureCapability", "captureReason"):  # ssh nodes
+                    if key in info.details:
+                        entry[key] = info.details[key]
                 entry["processes"] = [_process_json(p) for p in await provider.list_processes(node)]
             except LabError as e:
                 entry["state"], entry["error"], entry["processes"] = "unreachable", str(e), []

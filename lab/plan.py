@@ -13,6 +13,7 @@ from typing import Any, Callable
 
 from lab.addressing import (cluster_vip, docker_node_address, docker_workload_address, inbound_capture, node_address,
                             service_vip, sidecar_address, workload_address)
+from lab.errors import LabError
 from lab.providers.base import NodeSpec, ProcessSpec
 from lab.topology.model import Topology, Workload
 
@@ -92,6 +93,8 @@ def workload_env(topology: Topology, p: WorkloadPlacement, node_addr: str) -> di
         "MESH_SERVICE_ACCOUNT": w.service_account,
         "MESH_TRUST_DOMAIN": topology.trust_domain,
     }
+    if p.sidecar and topology.namespace(w.namespace).mode == "sidecar":
+        env["MESH_SIDECAR"] = p.sidecar  # injected: the workload starts with its sidecar
     if w.service:
         ports = topology.service(w.service, w.namespace).ports
         env["MESH_PORTS"] = ",".join(f"{sp.name}={sp.workload_port}" for sp in ports)
@@ -135,6 +138,17 @@ def ztunnel_process(node: NodeSpec, control_plane: str, agent: tuple[str, ...]) 
     )
 
 
+def ssh_node_address(node: str, settings: dict[str, Any]) -> str:
+    """An ssh node's address: where other nodes reach its ztunnel (ssh.address, or ssh.host when an IP)."""
+    from lab.providers.sshconn import node_address as ssh_address, parse_target
+
+    address = ssh_address(parse_target(node, settings))  # ProvisionError naming the node and the field
+    if address is None:
+        raise LabError(f"node {node}: ssh.host {settings['ssh']['host']!r} is a name, not an address: set "
+                            "ssh.address to the IPv4 address other nodes reach this host on")
+    return address
+
+
 def plan_lab(topology: Topology, block: str, lab: str,
              agent_command: Callable[[str], tuple[str, ...]], docker_subnet: str | None = None) -> LabPlan:
     """The whole plan of a lab; `agent_command(node)` says how the agent zipapp runs there.
@@ -150,6 +164,8 @@ def plan_lab(topology: Topology, block: str, lab: str,
         if docker_subnet and _provider_of(topology, n.name) == "docker":
             addr = docker_node_address(docker_subnet, i)
             settings["docker"] = {**(settings.get("docker") or {}), "subnet": docker_subnet}
+        elif _provider_of(topology, n.name) == "ssh":
+            addr = ssh_node_address(n.name, settings)
         else:
             addr = node_address(block, i)
         mine = [p for p in placements if p.node == n.name]

@@ -129,7 +129,41 @@ def cmd_mode(args: argparse.Namespace, lab: str) -> int:
         print(f"namespace {args.namespace} is already in mode {args.mode}")
     else:
         print(f"namespace {args.namespace}: {answer['previous']} -> {args.mode} (config version {answer['version']}, "
-              f"{'all agents synced' if answer['synced'] else 'some agents not synced yet: see proxy-status'})")
+              f"{'all agents synced' if answer['synced'] else 'some agents not synced yet: see proxy-status'}, "
+              f"{answer.get('seconds', 0):.1f}s)")
+        if answer.get("restarted"):
+            print(f"restarted (sidecar injection): {', '.join(answer['restarted'])}")
+        if answer.get("failedRequests") is not None:
+            print(f"requests that failed during the switch: {answer['failedRequests']}")
+    return 0
+
+
+def cmd_waypoint(args: argparse.Namespace, lab: str) -> int:
+    client = LabClient(lab)
+    if args.action == "list":
+        answer = client.waypoints()
+        if args.json:
+            print(json.dumps(answer, indent=2))
+        else:
+            rows = [[w["namespace"], w["name"], w.get("service") or "(namespace)", w["node"], w["address"],
+                     w["identity"]] for w in answer["waypoints"]]
+            print(table(["NAMESPACE", "NAME", "FOR", "NODE", "ADDRESS", "IDENTITY"], rows) if rows else "no waypoints")
+        return 0
+    if not args.namespace:
+        raise LabError(f"meshlab waypoint {args.action}: name a namespace (meshlab waypoint {args.action} NAMESPACE)")
+    answer = client.set_waypoint(args.namespace, args.action == "enable", args.service)
+    if args.json:
+        print(json.dumps(answer, indent=2))
+        return 0
+    what = f"{args.namespace}/{args.service + '-waypoint' if args.service else 'waypoint'}"
+    if not answer["changed"]:
+        print(f"waypoint {what} is already {'enabled' if args.action == 'enable' else 'disabled'}")
+    elif args.action == "enable":
+        w = answer["waypoint"]
+        print(f"waypoint {what} enabled on {w['node']} at {w['address']}:15008 as {w['identity']} "
+              f"(config version {answer['version']})")
+    else:
+        print(f"waypoint {what} disabled (config version {answer['version']})")
     return 0
 
 
@@ -157,9 +191,15 @@ def add_verbs(verb: Any, pick_lab: Any) -> None:
     p.add_argument("--ignore-not-found", action="store_true")
     p.add_argument("--lab")
 
-    p = verb("mode", with_lab(cmd_mode), "switch a namespace's data-plane mode live (ambient or none)")
+    p = verb("mode", with_lab(cmd_mode), "switch a namespace's data-plane mode live (ambient, sidecar or none)")
     p.add_argument("namespace")
     p.add_argument("mode", choices=["ambient", "sidecar", "none"])
+    p.add_argument("--lab")
+
+    p = verb("waypoint", with_lab(cmd_waypoint), "deploy or remove a namespace's (or a service's) waypoint, live")
+    p.add_argument("action", choices=["enable", "disable", "list"])
+    p.add_argument("namespace", nargs="?")
+    p.add_argument("--service", help="a waypoint for this one service only (<service>-waypoint)")
     p.add_argument("--lab")
 
     p = verb("proxy-status", with_lab(cmd_proxy_status), "show which config version each agent ACKed")

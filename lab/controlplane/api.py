@@ -105,6 +105,16 @@ class LabApi:
         body = req.body or {}
         return 200, await self.cp.set_mode(str(body.get("namespace")), str(body.get("mode")))
 
+    async def set_waypoint(self, req: ApiRequest) -> tuple[int, Any]:
+        body = req.body or {}
+        service = body.get("service")
+        return 200, await self.cp.set_waypoint(str(body.get("namespace")), bool(body.get("enabled", True)),
+                                               str(service) if service else None)
+
+    async def list_waypoints(self, req: ApiRequest) -> tuple[int, Any]:
+        from lab.dataplane import waypoints
+        return 200, {"waypoints": sorted(waypoints(self.cp.state).values(), key=lambda w: (w["namespace"], w["name"]))}
+
     async def nodes(self, req: ApiRequest) -> tuple[int, Any]:
         from lab import orchestrator
 
@@ -164,7 +174,30 @@ class LabApi:
         run = await self.cp.loads.stop(self.cp.state, str((req.body or {}).get("id")))
         return 200, run.to_json()
 
+    async def list_faults(self, req: ApiRequest) -> tuple[int, Any]:
+        return 200, {"faults": self.cp.faults.list(), "version": self.cp.channel.version}
+
+    async def add_fault(self, req: ApiRequest) -> tuple[int, Any]:
+        body = req.body or {}
+        fault = await self.cp.faults.add(body)
+        return 200, {**fault, "synced": await self._synced(body)}
+
+    async def remove_fault(self, req: ApiRequest) -> tuple[int, Any]:
+        from lab.faults import FaultNotFound
+
+        body = req.body or {}
+        if not body.get("all") and not body.get("id"):
+            return 400, {"error": "say which fault: an id, or all"}
+        try:
+            answer = await self.cp.faults.remove(str(body.get("id") or ""), everything=bool(body.get("all")))
+        except FaultNotFound as e:
+            return 404, {"error": str(e)}
+        return 200, {**answer, "synced": await self._synced(body)}
+
     ROUTES = {
+        ("GET", "/v1/faults"): list_faults,
+        ("POST", "/v1/faults"): add_fault,
+        ("DELETE", "/v1/faults"): remove_fault,
         ("POST", "/v1/loads"): start_load,
         ("GET", "/v1/loads"): list_loads,
         ("POST", "/v1/loads/stop"): stop_load,
@@ -174,6 +207,8 @@ class LabApi:
         ("GET", "/v1/events"): events,
         ("GET", "/v1/usage"): usage,
         ("POST", "/v1/mode"): set_mode,
+        ("POST", "/v1/waypoints"): set_waypoint,
+        ("GET", "/v1/waypoints"): list_waypoints,
         ("GET", "/v1/status"): status,
         ("GET", "/v1/proxy-status"): proxy_status,
         ("POST", "/v1/proxy-status/wait"): wait_synced,

@@ -1,0 +1,233 @@
+"""The sidecar: one workload's proxy in a sidecar namespace — its outbound L7, its inbound L7 and its L4 duties.
+
+Explicit capture on the local provider (DESIGN §3), with three kinds of listeners:
+
+* **outbound** on the sidecar's own address, one per service port of the mesh: the
+  workload's resolver sends every connection there (`via: sidecar`); HTTP is routed per
+  request by its Host (as Envoy's outbound listener for a port routes by virtual host), a
+  TCP port that only one service uses is passed through to it at L4;
+* **HBONE** on the workload's address, port 15008: mesh peers (ztunnels, waypoints, other
+  sidecars) tunnel to it, presenting their identity;
+* **inbound plaintext** on the workload's inbound-capture address and ports, for callers
+  outside the mesh (`via: sidecar-inbound`), refused under STRICT PeerAuthentication.
+
+Inbound requests get the L7 engine without routing (reporter `destination`, authorization
+with the policies that select the workload) and go to the app on its own address;
+outbound ones get routing, retries, faults (reporter `source`) and go over HBONE as the
+workload's identity to mesh endpoints, plain TCP to the rest.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import socket
+from typing import Any
+
+from agents.hbone import ConnectDecision, ConnectRequest, HboneServer, pipe_socket
+from agents.l7.proxy import Downstream, L7Proxy
+from agents.proxy.agent import L7Agent
+from agents.proxy.bridge import LIMIT, Streams, serving_pair
+from agents.proxy.connect import MeshConnector, client_headers, tcp_connect
+from agents.proxy.faults import live_fault
+from agents.proxy.view import MeshView
+from agents.ztunnel.config import ConfigError, Service, Workload
+from agents.ztunnel.headers import forwarded_for, forwarded_node, parse_baggage
+from agents.ztunnel.listeners import CaptureListeners
+from agents.ztunnel.policy import STRICT, ConnInfo, authorize, mtls_mode
+from agents.ztunnel.relay import can_bind_source, connect_from, splice
+from agents.ztunnel.telemetry import Peer, peer_from_baggage
+
+log = logging.getLogger("meshlab.sidecar")
+
+
+class Sidecar(L7Agent):
+    kind = "sidecar"
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.workload: Workload | None = None
+        self.hbone: HboneServer | None = None
+        self.connector = MeshConnector(self.dialer, self._identity,
+                                       lambda s: self.view.service_hostname(s) if self.view else s,
+                                       lambda: self.address)
+        fault = live_fault(lambda: self.view)
+        self.outbound = L7Proxy(lambda: self._outbound_view, self.connector, self.telemetry, "source",
+                                extra_fault=fault)
+        self.inbound = L7Proxy(lambda: self._inbound_view, self._to_app, self.telemetry, "destination",
+                               route=False, extra_fault=fault)
+        self.listeners = CaptureListeners({"outbound": self._accept_outbound, "inbound": self._accept_plaintext})
+        self._outbound_view: MeshView | None = None
+        self._inbound_view: MeshView | None = None
+
+    def _identity(self) -> str:
+        return self.workload.identity if self.workload else ""
+
+    # ---------------------------------------------------------------- config
+
+    async def configure(self, view: MeshView) -> list[str]:
+        name = str(view.proxy.get("workload") or "")
+        workload = view.snapshot.by_name.get((str(view.proxy.get("namespace") or ""), name))
+        if workload is None:
+            raise ConfigError(f"proxy.workload: no workload {name!r} in the snapshot")
+        capture = view.proxy.get("inboundCapture")
+        wanted = {("outbound", self.address, port) for port in sorted({p.port for s in view.snapshot.services
+                                                                       for p in s.ports})}
+        if capture:
+            wanted |= {("inbound", str(capture), port) for port in workload.ports}
+        if self.hbone is None or self.hbone.host != workload.address:
+            hbone = HboneServer(workload.address, self.ports.hbone, self.certs.server_context, self._on_connect,
+                                proxy_name="sidecar")
+            try:
+                await hbone.start()
+            except OSError as e:
+                raise ConfigError(f"cannot bind HBONE {workload.address}:{self.ports.hbone}: {e.strerror or e}")
+            if self.hbone is not None:
+                await self.hbone.close()
+            self.hbone = hbone
+        self.listeners.apply(wanted)
+        self.workload = workload
+        target = view.workload_target(workload)
+        self._inbound_view = view.enforcing(lambda downstream: target).serving_only(workload)
+        self._outbound_view = view.enforcing(None)
+        return [workload.identity]
+
+    async def close_listeners(self) -> None:
+        await self.listeners.close()
+        if self.hbone is not None:
+            await self.hbone.close()
+        await self.outbound.aclose()
+        await self.inbound.aclose()
+
+    def describe(self) -> dict[str, Any]:
+        return {"workload": self.workload.name if self.workload else None,
+                "hbone": f"{self.hbone.host}:{self.hbone.port}" if self.hbone else None,
+                "listeners": [{"kind": k, "address": f"{ip}:{port}"} for k, ip, port in sorted(self.listeners.sockets)],
+                "outbound": self.outbound.stats(), "inbound": self.inbound.stats()}
+
+    # ---------------------------------------------------------------- outbound
+
+    async def _accept_outbound(self, client: socket.socket) -> None:
+        """One connection from the workload to its sidecar: HTTP routed by Host, or TCP to the port's one service."""
+        view, workload = self.view, self.workload
+        port = int(client.getsockname()[1])
+        peer = client.getpeername()[:2]
+        if view is None or workload is None:
+            client.close()
+            return
+        services = [s for s in view.snapshot.services if any(p.port == port for p in s.ports)]
+        tcp = [s for s in services if next(p for p in s.ports if p.port == port).protocol == "tcp"]
+        if tcp and len(services) == 1:
+            await self._tcp_outbound(client, view, workload, tcp[0], port)
+            return
+        downstream = Downstream(service="", port=port, source=Peer.of(workload), source_principal=workload.identity,
+                                source_address=f"{peer[0]}:{peer[1]}", security="unknown")
+        reader, writer = await _streams(client)
+        await self.outbound.serve(reader, writer, downstream)
+
+    async def _tcp_outbound(self, client: socket.socket, view: MeshView, workload: Workload, service: Service,
+                            port: int) -> None:
+        """An opaque TCP service: one endpoint per connection, over HBONE when it is in the mesh."""
+        endpoints = view.endpoints(service.key, port)
+        if not endpoints:
+            client.close()
+            return
+        chosen = endpoints[hash(client.getpeername()) % len(endpoints)]
+        downstream = Downstream(service=service.key, port=port, source=Peer.of(workload),
+                                source_principal=workload.identity, source_address="%s:%d" % client.getpeername()[:2],
+                                security="mutual_tls")
+        if chosen["mode"] in ("ambient", "sidecar"):
+            tunnel = await self.dialer.connect(tuple(chosen["hbone"]), f"{chosen['ip']}:{chosen['port']}",
+                                               workload.identity, str(chosen["identity"]),
+                                               client_headers(downstream, service.hostname))
+            await pipe_socket(tunnel, client)
+        else:
+            upstream = await connect_from((str(chosen["ip"]), int(chosen["port"])), None)
+            await splice(client, upstream)
+
+    # ---------------------------------------------------------------- inbound
+
+    async def _on_connect(self, request: ConnectRequest) -> ConnectDecision:
+        """An HBONE tunnel to this workload: served by the inbound L7 engine, or passed through for TCP ports."""
+        view, workload = self.view, self.workload
+        if view is None or workload is None:
+            return ConnectDecision.refuse(503, "no config yet")
+        if request.host != workload.address or (workload.ports and request.port not in workload.ports):
+            return ConnectDecision.refuse(400, f"{request.authority} is not a port of workload {workload.name}")
+        if request.local_identity is not None and request.local_identity != workload.identity:
+            return ConnectDecision.refuse(400, f"this is {workload.identity}, not {request.local_identity}")
+        client = (forwarded_node(request.headers.get("forwarded")) or
+                  (f"{request.peer_addr[0]}:{request.peer_addr[1]}" if request.peer_addr else "unknown")).strip('"')
+        source = self._source(view, client, request)
+        service = view.snapshot.service_of(workload, request.port)
+        if service is not None and _protocol(service, request.port) == "tcp":
+            decision = authorize(view.snapshot.authorization_policies, ConnInfo(
+                request.peer_identity, _namespace(request.peer_identity), _ip(client), workload.namespace,
+                workload.labels, request.port, workload.address))
+            if not decision.allowed:
+                return ConnectDecision.refuse(401, decision.reason)
+            try:
+                upstream = await connect_from((workload.address, request.port), _bindable(client))
+            except OSError as e:
+                return ConnectDecision.refuse(503, f"cannot connect to the app: {e.strerror or e}")
+            return ConnectDecision.accept(upstream)
+        downstream = Downstream(service=service.key if service else "", port=request.port, source=source,
+                                source_principal=request.peer_identity, source_address=client,
+                                security="mutual_tls", destination=Peer.of(workload))
+        return ConnectDecision.accept(serving_pair(lambda r, w: self.inbound.serve(r, w, downstream)))
+
+    async def _accept_plaintext(self, client: socket.socket) -> None:
+        """A caller outside the mesh, on the workload's inbound-capture address."""
+        view, workload = self.view, self.workload
+        port = int(client.getsockname()[1])
+        peer = client.getpeername()[:2]
+        if view is None or workload is None:
+            client.close()
+            return
+        if mtls_mode(view.snapshot.peer_authentications, workload.namespace, workload.labels, port) == STRICT:
+            log.info("plaintext from %s:%d to %s refused: PeerAuthentication STRICT", peer[0], peer[1], workload.name)
+            client.close()
+            return
+        known = view.snapshot.by_address.get(str(peer[0]))
+        service = view.snapshot.service_of(workload, port)
+        downstream = Downstream(service=service.key if service else "", port=port, source=Peer.of(known),
+                                source_principal=None, source_address=f"{peer[0]}:{peer[1]}", security="none",
+                                destination=Peer.of(workload))
+        reader, writer = await _streams(client)
+        await self.inbound.serve(reader, writer, downstream)
+
+    async def _to_app(self, chosen: Any, service: str, downstream: Downstream) -> Any:
+        """The inbound engine's connector: the local app, from the original client's address when it can."""
+        return await tcp_connect(str(chosen["ip"]), int(chosen["port"]), _bindable(downstream.source_address), 5.0)
+
+    @staticmethod
+    def _source(view: MeshView, client: str, request: ConnectRequest) -> Peer:
+        known = view.snapshot.by_address.get(_ip(client))
+        if known is not None and known.identity == request.peer_identity:
+            return Peer.of(known)
+        return peer_from_baggage(parse_baggage(request.headers.get("baggage")))
+
+
+async def _streams(sock: socket.socket) -> Streams:
+    return await asyncio.open_connection(sock=sock, limit=LIMIT)
+
+
+def _protocol(service: Service, target_port: int) -> str:
+    return next((p.protocol for p in service.ports if p.target_port == target_port), "http")
+
+
+def _ip(address: str) -> str:
+    ip = forwarded_for(f'for="{address}"')
+    return ip or address.rpartition(":")[0].strip("[]")
+
+
+def _bindable(address: str) -> str | None:
+    ip = _ip(address)
+    return ip if ip and can_bind_source(ip) else None
+
+
+def _namespace(principal: str | None) -> str | None:
+    if principal and "/ns/" in principal:
+        return principal.split("/ns/", 1)[1].split("/", 1)[0]
+    return None
+
