@@ -71,9 +71,10 @@ class LabClient:
     def reload(self) -> dict[str, Any]:
         return self.call("POST", "/v1/reload", {})
 
-    def apply(self, documents: list[tuple[str, str]]) -> dict[str, Any]:
-        """Apply (source name, YAML text) documents atomically."""
-        return self.call("POST", "/v1/config", {"documents": [{"source": s, "text": t} for s, t in documents]})
+    def apply(self, documents: list[tuple[str, str]], namespace: str | None = None) -> dict[str, Any]:
+        """Apply (source name, YAML text) documents atomically; `namespace` for those that name none."""
+        return self.call("POST", "/v1/config", {"documents": [{"source": s, "text": t} for s, t in documents],
+                                                "namespace": namespace})
 
     def get_config(self, kind: str | None = None, name: str | None = None,
                    namespace: str | None = None) -> dict[str, Any]:

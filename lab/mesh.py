@@ -28,7 +28,12 @@ def _endpoint(state: dict[str, Any], name: str, node: str) -> dict[str, Any]:
 
 
 def endpoints_of(state: dict[str, Any], service_key: str) -> list[str]:
+    """The workloads behind a service: its own, or those its selector's labels pick in its namespace."""
     s = state["services"][service_key]
+    selector = s.get("selector")
+    if selector:
+        return [name for name, w in state["workloads"].items() if w["namespace"] == s["namespace"]
+                and all(w["labels"].get(k) == v for k, v in selector.items())]
     return [name for name, w in state["workloads"].items()
             if w.get("service") == s["name"] and w["namespace"] == s["namespace"]]
 

@@ -110,7 +110,7 @@ def _state_document(plan: LabPlan, source: str, status: str, previous: dict[str,
             "name": s.name, "namespace": s.namespace, "hostname": s.hostname(),
             "ports": [{"name": sp.name, "port": sp.port, "targetPort": sp.workload_port, "protocol": sp.protocol}
                       for sp in s.ports],
-            "vips": plan.vips[f"{s.name}.{s.namespace}"]} for s in topo.services},
+            "vips": plan.vips[f"{s.name}.{s.namespace}"], "selector": s.selector} for s in topo.services},
         "workloads": {p.workload.name: {"node": p.node, "address": p.address, "port": p.port,
                                         "namespace": p.workload.namespace, "service": p.workload.service,
                                         "app": p.workload.app, "version": p.workload.version,

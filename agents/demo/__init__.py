@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import argparse
 import os
+import random
+import urllib.parse
 import signal
 import sys
 
@@ -39,11 +41,13 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
 def build_app(name: str, version: str | None = None) -> App:
     """The app for a server demo, configured from the environment (ValueError on bad settings)."""
     if name == "echo":
-        from agents.demo.echo import Echo
+        from agents.demo.echo import Echo, plan_for
 
         identity = env_identity()
         identity["version"] = version or identity["version"]
-        return Echo(identity)
+        defaults = dict(urllib.parse.parse_qsl(os.environ.get("MESH_ECHO_DEFAULTS", "")))
+        plan_for(defaults, random.Random())  # a bad MESH_ECHO_DEFAULTS is a ValueError at start, not per request
+        return Echo(identity, defaults=defaults)
     from agents.demo.bookinfo import BookinfoConfig, make_app
 
     config = BookinfoConfig.from_env(name)

@@ -4,6 +4,8 @@ Query syntax (one random draw per parameter decides; entries without `:pct` mean
   delay=150ms:10,2s:5   sleep 150 ms for 10 % of requests, 2 s for 5 %, no delay otherwise
   status=503:5,429:1    answer 503 for 5 %, 429 for 1 %, 200 otherwise
   size=1024 / 1024:50   a body of that many bytes (for all / half of the requests)
+`MESH_ECHO_DEFAULTS` (a query string, e.g. `status=503`) applies to requests that do not set those
+parameters: a host that always fails, for outlier detection.
 `/headers` and `/echo/headers` answer the received request headers as JSON; POST/PUT echo the body.
 """
 
@@ -111,13 +113,15 @@ def filler(size: int) -> bytes:
 class Echo:
     """The echo app."""
 
-    def __init__(self, identity: dict[str, str], rng: random.Random | None = None) -> None:
+    def __init__(self, identity: dict[str, str], rng: random.Random | None = None,
+                 defaults: dict[str, str] | None = None) -> None:
         self.identity = identity
         self.rng = rng or random.Random()
+        self.defaults = defaults or {}  # query parameters for requests that do not set them (a failing host)
 
     def __call__(self, req: Request) -> Reply:
         try:
-            plan = plan_for(req.query, self.rng)
+            plan = plan_for({**self.defaults, **req.query}, self.rng)
         except ValueError as exc:
             return self._tag(text_reply(f"bad request: {exc}\n", 400))
         if plan.delay_s:

@@ -16,6 +16,7 @@ from typing import Any
 
 from lab import image, orchestrator
 from lab.cli import render
+from lab.cli import faultverbs
 from lab.cli.meshverbs import add_verbs
 from lab.errors import LabError, LabNotFound, TopologyError
 from lab.state import list_labs
@@ -129,6 +130,8 @@ def cmd_load(args: argparse.Namespace) -> int:
         extra += ["--header", h]
     if args.count_body:
         extra += ["--count-body", args.count_body]
+    if args.method:
+        extra += ["--method", args.method]
     doc = asyncio.run(orchestrator.exec_load(pick_lab(args.lab), args.target, args.source, extra))
     emit(args, doc, render.load_report(doc))
     return 0
@@ -201,6 +204,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-H", "--header", action="append", help="extra request header K:V (repeatable)")
     p.add_argument("--timeout", default="5s", help="per-request timeout")
     p.add_argument("--count-body", metavar="REGEX", help="count responses by what REGEX matches in the body")
+    p.add_argument("-X", "--method", help="HTTP method (default GET)")
 
     p = verb("logs", cmd_logs, "show the log of a workload or process", json_flag=False)
     p.add_argument("process", metavar="[NODE/]PROCESS")
@@ -209,6 +213,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-f", "--follow", action="store_true")
 
     add_verbs(verb, pick_lab)
+    faultverbs.add_verbs(verb, pick_lab)
 
     p = verb("bench", cmd_bench, "measure the data path against C baselines, in one run on this machine")
     p.add_argument("suite", choices=["l4"], help="l4: direct vs ztunnel (HBONE) pair vs stunnel mTLS pair")

@@ -28,7 +28,7 @@ def _read_files(paths: list[str]) -> list[tuple[str, str]]:
 
 
 def cmd_apply(args: argparse.Namespace, lab: str) -> int:
-    answer = LabClient(lab).apply(_read_files(args.filename))
+    answer = LabClient(lab).apply(_read_files(args.filename), args.namespace)
     if args.json:
         print(json.dumps(answer, indent=2))
     else:
@@ -174,6 +174,7 @@ def add_verbs(verb: Any, pick_lab: Any) -> None:
 
     p = verb("apply", with_lab(cmd_apply), "apply Istio YAML (all documents of all files, or none)")
     p.add_argument("-f", "--filename", action="append", required=True, help="a YAML file, or - for stdin")
+    p.add_argument("-n", "--namespace", help="the namespace of documents that name none (default: default)")
     p.add_argument("--lab")
 
     p = verb("get", with_lab(cmd_get), "list mesh config (kinds: peerauthentication, authorizationpolicy, ...)")

@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Any
 from lab.controlplane.httpserver import ApiRequest
 from lab.errors import ConfigError, LabError
 from lab.meshconfig import ConfigStore, parse_config, resolve_kind
+from lab.meshconfig.parse import DEFAULT_NAMESPACE
 
 if TYPE_CHECKING:
     from lab.controlplane.daemon import ControlPlane
@@ -58,8 +59,9 @@ class LabApi:
     async def apply(self, req: ApiRequest) -> tuple[int, Any]:
         body = req.body or {}
         objects = []
+        namespace = str(body.get("namespace") or DEFAULT_NAMESPACE)  # for documents that name none (kubectl -n)
         for doc in body.get("documents", []):  # every file is parsed before anything is applied
-            objects += parse_config(doc["text"], doc.get("source", "<api>"))
+            objects += parse_config(doc["text"], doc.get("source", "<api>"), namespace)
         outcomes = self.cp.store.apply(objects)
         changed = [f"{kind.lower()}/{ref} {outcome}" for kind, ref, outcome in outcomes if outcome != "unchanged"]
         version = self.cp.config_changed("applied " + ", ".join(changed)) if changed else self.cp.channel.version

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import copy
 import json
 import logging
 import os
@@ -30,9 +31,11 @@ from lab.controlplane.channel import AgentChannelServer
 from lab.controlplane import readiness
 from lab.controlplane.httpserver import JsonApiServer
 from lab.controlplane.loads import LoadRuns
-from lab.controlplane.proxies import ProxyControl, sidecar_process_of, wait_proxies_ready, waypoint_process_of
+from lab.controlplane.proxies import (ProxyControl, failures_between, mesh_failures, sidecar_process_of,
+                                      wait_proxies_ready, waypoint_process_of)
 from lab.controlplane.telemetry import TrafficView
 from lab.errors import LabError
+from lab.faults.live import LiveFaults
 from lab.meshconfig import ConfigStore, to_agent_json
 from lab.state import LabState, atomic_write, lab_dir
 
@@ -58,6 +61,7 @@ class ControlPlane:
         self.traffic = TrafficView()
         self.loads = LoadRuns(lab)
         self.events: collections.deque[dict[str, Any]] = collections.deque(maxlen=500)
+        self.faults = LiveFaults(self)  # faults.json: survives a restart
         self.event("control plane started")
 
     def event(self, message: str, **fields: Any) -> None:
@@ -70,6 +74,12 @@ class ControlPlane:
         return timedelta(seconds=int(self.state.get("certTtlSeconds") or 86400))
 
     def snapshot_for(self, node: str, agent: str) -> dict[str, Any]:
+        """The config of one agent, with every live fault agents enforce (`faults`: each agent picks its own)."""
+        snapshot = self._agent_snapshot(node, agent)
+        snapshot["faults"] = self.faults.for_agents(self.state)
+        return snapshot
+
+    def _agent_snapshot(self, node: str, agent: str) -> dict[str, Any]:
         """The config of one agent: a node's ztunnel, a waypoint (`waypoint:ns/name`) or a sidecar (`sidecar:w`)."""
         policy, ttl = to_agent_json(self.store.objects()), int(self.ttl.total_seconds())
         kind, _, who = agent.partition(":")
@@ -84,6 +94,7 @@ class ControlPlane:
     def sign(self, node: str, holder: str, identity: str, csr: bytes) -> tuple[bytes, bytes]:
         """Sign a CSR for an agent of `node`, if a workload of that identity is scheduled there."""
         self._authorizer.check(node, identity)
+        self.faults.check_identity(identity)  # a revoke fault
         issued = self.ca.sign_csr(csr, identity, self.ttl, holder)
         return issued.leaf_pem, issued.root_pem
 
@@ -120,6 +131,8 @@ class ControlPlane:
         if before == mode:
             return {"namespace": namespace, "mode": mode, "changed": False, "version": self.channel.version}
         began = time.monotonic()
+        previous_state = copy.deepcopy(self.state)
+        failures_before = await mesh_failures(self.state)
         members = sorted(n for n, w in self.state["workloads"].items() if w["namespace"] == namespace)
         if mode == "sidecar":
             for name in members:  # refuse before changing anything
@@ -155,13 +168,15 @@ class ControlPlane:
             env = {w: {"MESH_SIDECAR": self.state["workloads"][w]["sidecarAddress"] if injected else ""}
                    for w in members}
             restarted = await self.proxies.restart_workloads(self.state, members, env)
+        # Read the counters before the old sidecars go (with them, what they counted).
+        failed = failures_between(failures_before, await mesh_failures(previous_state, self.state))
         if before == "sidecar":
             await self.proxies.stop(self.state, [sidecar_process_of(self.state, w) for w in members])
         seconds = round(time.monotonic() - began, 3)
         self.event(f"namespace {namespace}: mode {before} -> {mode} (config version {version}"
                    + (f", restarted {len(restarted)} workloads" if restarted else "") + ")")
         return {"namespace": namespace, "mode": mode, "previous": before, "changed": True, "version": version,
-                "synced": synced, "restarted": restarted, "seconds": seconds}
+                "synced": synced, "restarted": restarted, "seconds": seconds, "failedRequests": failed}
 
     async def set_waypoint(self, namespace: str, enabled: bool, service: str | None = None,
                            timeout: float = 20.0) -> dict[str, Any]:
@@ -258,7 +273,9 @@ class ControlPlane:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
+        expiry = asyncio.create_task(self.faults.expire_forever(), name="fault expiry")
         await stop.wait()
+        expiry.cancel()
         await api.close()
         await self.channel.close()
         (self.dir / "controlplane.json").unlink(missing_ok=True)

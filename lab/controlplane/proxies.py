@@ -9,11 +9,15 @@ applied, certificate in hand, listeners bound).
 from __future__ import annotations
 
 import asyncio
+import urllib.request
 from typing import Any
+
+from prometheus_client.parser import text_string_to_metric_families
 
 from lab.controlplane import readiness
 from lab.controlplane.bootstrap import AGENT_CHANNEL_PORT, node_channel_address
-from lab.dataplane import proxy_process_name, sidecar_agent, sidecar_process, waypoint_agent, waypoint_process
+from lab.dataplane import (proxy_process_name, sidecar_agent, sidecar_process, sidecar_workloads, waypoint_agent,
+                           waypoint_process, waypoints)
 from lab.errors import LabError
 from lab.handle import Lab
 
@@ -88,3 +92,43 @@ async def wait_proxies_ready(addresses: list[str], timeout: float, what: str) ->
     if not_ready:
         raise LabError(f"{what} at {', '.join(not_ready)} not ready after {timeout:.0f}s "
                        f"(see `meshlab logs NODE/PROCESS`)")
+
+
+def agent_addresses(state: dict[str, Any]) -> list[str]:
+    """Where every data-plane agent of the lab serves its metrics: ztunnels, waypoints, sidecars."""
+    addresses = [n["address"] for n in state["nodes"].values()]
+    addresses += [w["address"] for w in waypoints(state).values()]
+    addresses += [state["workloads"][w]["sidecarAddress"] for w in sidecar_workloads(state)]
+    return addresses
+
+
+def _failures_at(address: str) -> int:
+    """Failed requests and connections one agent has counted: 5xx or no response at L7, flagged closes at L4."""
+    try:
+        with urllib.request.urlopen(f"http://{address}:15020/metrics", timeout=2) as r:
+            text = r.read().decode()
+    except (OSError, ValueError):
+        return 0
+    failed = 0.0
+    for family in text_string_to_metric_families(text):
+        for s in family.samples:
+            if s.labels.get("reporter") not in ("source", "waypoint"):
+                continue  # each failure once: from the side that saw the client's request
+            if s.name == "istio_requests_total" and (s.labels.get("response_code", "0")[:1] in ("5", "0")):
+                failed += s.value
+            elif s.name == "istio_tcp_connections_closed_total" and s.labels.get("response_flags", "-") != "-":
+                failed += s.value
+    return int(failed)
+
+
+async def mesh_failures(*states: dict[str, Any]) -> dict[str, int]:
+    """address -> failures counted so far, for every agent of the lab in any of `states` (read before and after
+    a change, with the old and the new state, so proxies on their way in or out are read too)."""
+    addresses = sorted({a for state in states for a in agent_addresses(state)})
+    counts = await asyncio.gather(*(asyncio.to_thread(_failures_at, a) for a in addresses))
+    return dict(zip(addresses, counts))
+
+
+def failures_between(before: dict[str, int], after: dict[str, int]) -> int:
+    """Failures counted between two readings (agents that appeared count from zero, vanished ones not at all)."""
+    return sum(max(0, count - before.get(address, 0)) for address, count in after.items())

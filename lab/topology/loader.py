@@ -5,7 +5,7 @@ line (`lab.yamlsource`); `_Walker` checks each YAML node against the schema and 
 every problem before raising one `TopologyError`. The schema, in short (`?` = optional):
 
     name, provider?, trustDomain?, addressBlock?, nodes[], namespaces[], config[]?
-    services[]?:  name, namespace, ports[] (port, name?, protocol?, targetPort?), workloads[]
+    services[]?:  name, namespace, ports[] (port, name?, protocol?, targetPort?), workloads[] or selector{}
     workload:     name, node, version?, serviceAccount?, labels?, run
     workloads[]?: client workloads (serving nothing), which also name their namespace
     run:          {demo, args?, env?} or {command, env?}
@@ -37,7 +37,7 @@ TOP_FIELDS = {"name": True, "provider": False, "trustDomain": False, "addressBlo
               "namespaces": True, "services": False, "workloads": False, "config": False}
 NODE_FIELDS = {"name": True, "provider": False, "docker": False, "ssh": False}
 NAMESPACE_FIELDS = {"name": True, "mode": False, "waypoint": False}
-SERVICE_FIELDS = {"name": True, "namespace": True, "ports": True, "workloads": True}
+SERVICE_FIELDS = {"name": True, "namespace": True, "ports": True, "workloads": False, "selector": False}
 PORT_FIELDS = {"port": True, "name": False, "protocol": False, "targetPort": False}
 WORKLOAD_FIELDS = {"name": True, "node": True, "version": False, "serviceAccount": False, "labels": False, "run": True}
 CLIENT_FIELDS = {**WORKLOAD_FIELDS, "namespace": True}
@@ -158,6 +158,17 @@ class _Walker(YamlWalker):
             shown = f"service '{name}' in namespace '{namespace}'"
             self.unique(self.services, (namespace, name), shown, f["name"], join(path, "name"))
         ports = self.ports(self.items(f, "ports", path, "port", required=True) or [])
+        selector = None
+        if "selector" in f:
+            # A service over workloads declared elsewhere, chosen by labels (like Istio's bookinfo-versions.yaml:
+            # reviews-v1 selects app=reviews,version=v1) — what HTTPRoute backendRefs name.
+            if "workloads" in f:
+                self.report(f["selector"], join(path, "selector"), "give either workloads or a selector, not both")
+            selector = self.text_map(f["selector"], join(path, "selector"), "label name", LABEL_KEY, numbers=False)
+            if not selector:
+                self.report(f["selector"], join(path, "selector"), "a selector needs at least one label")
+            return Service(name=name or "", namespace=namespace or "", ports=tuple(ports), workloads=(),
+                           selector=selector or {})
         entries = self.items(f, "workloads", path, "workload", required=True) or []
         workloads = tuple(self.workload(p, n, name or "", namespace) for p, n in entries)
         return Service(name=name or "", namespace=namespace or "", ports=tuple(ports), workloads=workloads)

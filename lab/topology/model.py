@@ -75,6 +75,7 @@ class Service:
     namespace: str
     ports: tuple[ServicePort, ...]
     workloads: tuple[Workload, ...]
+    selector: dict[str, str] | None = None  # instead of workloads: the labels of its endpoints (any service's)
 
     def hostname(self, trust_domain_suffix: str = "cluster.local") -> str:
         return f"{self.name}.{self.namespace}.svc.{trust_domain_suffix}"
