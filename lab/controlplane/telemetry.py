@@ -4,7 +4,20 @@ An edge is (source workload, destination workload, destination service). Each
 connection or request is reported twice in Istio's model (reporter `source` and
 `destination`); an edge takes the destination's report when there is one (it
 saw what arrived) and the source's otherwise (a destination outside the mesh).
+The TCP series and the L7 series of an edge are chosen apart, since different
+proxies report them (in ambient mode the ztunnels report TCP, the waypoint L7):
+each from `destination`, else `waypoint`, else `source` among the reporters
+that have such series for the edge.
 Rates are differences between two scrapes.
+
+Errors, for `errorRate`: a request counts as an error when its response code is
+5xx, or 0 (no response was sent), or when its response flags name an upstream or
+routing failure (`FAILURE_FLAGS`: UO, UH, UF, NR, NC, UT, URX, UC, UPE) whatever
+its code, so a 404 with NR is an error. Other 4xx are not errors: a 403 from
+RBAC is policy doing its job, a 400 with DPE is the client's mistake. Like the
+request rate, the error rate and the latency percentiles (p50/p99, estimated from
+the histogram buckets as Prometheus' histogram_quantile does) cover the time
+since the previous scrape when requests arrived in it, else everything counted.
 """
 
 from __future__ import annotations
@@ -26,6 +39,9 @@ TCP_COUNTERS = {
     "istio_tcp_received_bytes_total": "bytesReceived",
 }
 
+FAILURE_FLAGS = frozenset({"UO", "UH", "UF", "NR", "NC", "UT", "URX", "UC", "UPE"})
+PREFERENCE = ("destination", "waypoint", "source")  # whose report an edge takes, for TCP and L7 apart
+
 EdgeKey = tuple[str, str, str]  # (source workload, destination workload, destination service)
 
 
@@ -39,15 +55,28 @@ class Edge:
     totals: dict[str, float] = field(default_factory=lambda: defaultdict(float))
     codes: dict[str, float] = field(default_factory=lambda: defaultdict(float))
     buckets: dict[float, float] = field(default_factory=lambda: defaultdict(float))  # latency le (ms) -> count
+    errors: float = 0.0  # requests that count as errors (see the module docstring)
+    tcp: bool = False  # whether TCP series were folded in
+    l7: bool = False  # whether L7 series were folded in
 
-    def to_json(self, rates: dict[str, float]) -> dict[str, Any]:
+    def to_json(self, rates: dict[str, float], latency: dict[float, float] | None = None,
+                error_rate: float | None = None) -> dict[str, Any]:
+        """The edge for the lab API; `latency` (bucket deltas) and `error_rate` cover the last interval."""
         requests = sum(self.codes.values())
-        errors = sum(n for c, n in self.codes.items() if c.startswith("5") or c == "0")
+        buckets = latency if latency else self.buckets
+        if error_rate is None:
+            error_rate = self.errors / requests if requests else 0.0
         return {"source": self.source, "destination": self.destination, "service": self.service,
                 "reporter": self.reporter, "security": self.security, **{k: v for k, v in self.totals.items()},
-                "requests": requests, "codes": dict(self.codes),
-                "errorRate": errors / requests if requests else 0.0,
-                "p50": quantile(self.buckets, 0.5), "p99": quantile(self.buckets, 0.99), "rates": rates}
+                "requests": requests, "errors": self.errors, "codes": dict(self.codes), "errorRate": error_rate,
+                "p50": quantile(buckets, 0.5), "p99": quantile(buckets, 0.99), "rates": rates}
+
+
+def is_error(code: str, flags: str) -> bool:
+    """Whether one request counts as an error (see the module docstring)."""
+    if code.startswith("5") or code == "0":
+        return True
+    return flags not in ("", "-") and not FAILURE_FLAGS.isdisjoint(flags.split(","))
 
 
 def quantile(buckets: dict[float, float], q: float) -> float | None:
@@ -70,7 +99,7 @@ def quantile(buckets: dict[float, float], q: float) -> float | None:
 
 
 def fold(texts: list[str]) -> dict[EdgeKey, Edge]:
-    """Every agent's exposition text folded into edges (destination reports preferred)."""
+    """Every agent's exposition text folded into edges (TCP and L7 series each from the preferred reporter)."""
     by_reporter: dict[str, dict[EdgeKey, Edge]] = {"destination": {}, "source": {}, "waypoint": {}}
     for text in texts:
         for family in text_string_to_metric_families(text):
@@ -84,13 +113,30 @@ def fold(texts: list[str]) -> dict[EdgeKey, Edge]:
                 edge.security = s.labels.get("connection_security_policy", edge.security)
                 if s.name in TCP_COUNTERS:
                     edge.totals[TCP_COUNTERS[s.name]] += s.value
+                    edge.tcp = True
                 elif s.name == "istio_requests_total":
-                    edge.codes[s.labels.get("response_code", "0")] += s.value
+                    code = s.labels.get("response_code", "0")
+                    edge.codes[code] += s.value
+                    if is_error(code, s.labels.get("response_flags", "-")):
+                        edge.errors += s.value
+                    edge.l7 = True
                 elif s.name == "istio_request_duration_milliseconds_bucket":
                     edge.buckets[float(s.labels["le"])] += s.value
-    edges = dict(by_reporter["source"])
-    edges.update(by_reporter["waypoint"])
-    edges.update(by_reporter["destination"])
+                    edge.l7 = True
+    edges: dict[EdgeKey, Edge] = {}
+    for key in {k for reports in by_reporter.values() for k in reports}:
+        reports = [by_reporter[r][key] for r in by_reporter if key in by_reporter[r]]
+        tcp = next((by_reporter[r][key] for r in PREFERENCE if key in by_reporter[r] and by_reporter[r][key].tcp),
+                   None)
+        l7 = next((by_reporter[r][key] for r in PREFERENCE if key in by_reporter[r] and by_reporter[r][key].l7),
+                  None)
+        edge = Edge(*key, reporter=(l7 or tcp or reports[0]).reporter,
+                    security=(tcp or l7 or reports[0]).security)
+        if tcp is not None:
+            edge.totals, edge.tcp = tcp.totals, True
+        if l7 is not None:
+            edge.codes, edge.buckets, edge.errors, edge.l7 = l7.codes, l7.buckets, l7.errors, True
+        edges[key] = edge
     return edges
 
 
@@ -107,19 +153,31 @@ class TrafficView:
 
     def __init__(self) -> None:
         self._last: tuple[float, dict[EdgeKey, dict[str, float]]] | None = None
+        self._buckets: dict[EdgeKey, dict[float, float]] = {}  # latency buckets at the last scrape
 
     async def snapshot(self, addresses: list[str]) -> dict[str, Any]:
         texts = await asyncio.gather(*(asyncio.to_thread(_scrape, a) for a in addresses))
         now = time.monotonic()
         edges = fold([t for t in texts if t])
-        counters = {k: {**e.totals, "requests": sum(e.codes.values())} for k, e in edges.items()}
+        counters = {k: {**e.totals, "requests": sum(e.codes.values()), "errors": e.errors}
+                    for k, e in edges.items()}
         out = []
         for key, edge in sorted(edges.items()):
             rates: dict[str, float] = {}
+            latency: dict[float, float] | None = None
+            error_rate: float | None = None
             if self._last and now > self._last[0]:
                 before = self._last[1].get(key, {})
                 dt = now - self._last[0]
-                rates = {f"{k}PerSecond": max(0.0, (v - before.get(k, 0.0)) / dt) for k, v in counters[key].items()}
-            out.append(edge.to_json(rates))
+                deltas = {k: max(0.0, v - before.get(k, 0.0)) for k, v in counters[key].items()}
+                rates = {f"{k}PerSecond": v / dt for k, v in deltas.items()}
+                if deltas.get("requests"):
+                    error_rate = deltas.get("errors", 0.0) / deltas["requests"]
+                    previous = self._buckets.get(key, {})
+                    if all(n >= previous.get(le, 0.0) for le, n in edge.buckets.items()):
+                        latency = {le: n - previous.get(le, 0.0) for le, n in edge.buckets.items()}
+                    # else the agent restarted (its counters began again): the totals are the interval's best guess
+            out.append(edge.to_json(rates, latency, error_rate))
         self._last = (now, counters)
+        self._buckets = {key: dict(edge.buckets) for key, edge in edges.items()}
         return {"time": time.time(), "edges": out, "scraped": sum(1 for t in texts if t), "agents": len(addresses)}
