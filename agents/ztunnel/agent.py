@@ -10,7 +10,10 @@ them instead.
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import socket
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, TextIO
@@ -23,8 +26,10 @@ from agents.ztunnel.config import Snapshot, parse_snapshot
 from agents.ztunnel.dialer import HboneDialer
 from agents.ztunnel.inbound import Inbound
 from agents.ztunnel.listeners import CaptureListeners
-from agents.ztunnel.outbound import Outbound
+from agents.ztunnel import transparent
+from agents.ztunnel.outbound import Outbound, capture_address
 from agents.ztunnel.telemetry import Telemetry
+from agents.ztunnel.toxics import FaultGate
 
 log = logging.getLogger("meshlab.ztunnel")
 
@@ -55,14 +60,21 @@ class Ztunnel:
         self.certs = WorkloadCerts(request_cert)
         self.dialer = HboneDialer(self.certs.client_context)
         self.certs.on_rotated = self.dialer.rotated
-        self.outbound = Outbound(lambda: self.snapshot, self.dialer, self.telemetry)
-        self.inbound = Inbound(lambda: self.snapshot, self.telemetry)
+        self.outbound = Outbound(lambda: self.snapshot, self.dialer, self.telemetry,
+                                 original_destination=self._original_destination)
+        self.inbound = Inbound(lambda: self.snapshot, self.telemetry, original_destination=self._original_destination)
         self.listeners = CaptureListeners({"outbound": self.outbound.handle,
                                            "inbound": self.inbound.handle_plaintext})
         self.hbone = HboneServer(address, ports.hbone, self.certs.server_context, self.inbound.on_connect,
                                  proxy_name="ztunnel")
         self._servers = [AdminServer(admin_routes(self)), AdminServer(metrics_routes(self)),
                          AdminServer(ready_routes(self))]
+
+    def _original_destination(self, sock: socket.socket) -> tuple[str, int]:
+        """What a captured client connected to: SO_ORIGINAL_DST under transparent capture, else the socket's own."""
+        if self.snapshot is not None and self.snapshot.capture == "transparent":
+            return transparent.original_destination(sock)
+        return capture_address(sock)
 
     async def start(self) -> None:
         """Bind HBONE and the admin, metrics and readiness ports; raises OSError when one is taken."""
@@ -81,11 +93,24 @@ class Ztunnel:
             self.rejected = {"version": version, "error": f"{type(e).__name__}: {e}"}
             raise
         self.snapshot, self.version = snapshot, version
-        self.certs.want(snapshot.local_identities)
+        self._want_certs()
         log.info("config version %d applied: %d workloads (%d local ambient), %d services; capture sockets: "
                  "%d bound, %d closed, %d in all; identities: %s", version, len(snapshot.workloads),
                  len(snapshot.local_ambient), len(snapshot.services), len(bound), len(closed),
                  len(self.listeners.sockets), ", ".join(sorted(snapshot.local_identities)) or "none")
+
+    def _want_certs(self) -> None:
+        """Certificates for the local identities, minus those a live fault takes away (expire_cert, revoke);
+        re-checked when such a fault expires, so a ztunnel cut off from its control plane still renews."""
+        snapshot = self.snapshot
+        if snapshot is None:
+            return
+        self.certs.want(snapshot.local_identities - FaultGate.withheld_identities(snapshot))
+        if getattr(self, "_fault_timer", None) is not None:
+            self._fault_timer.cancel()
+        when = FaultGate.next_expiry(snapshot)
+        self._fault_timer = None if when is None else asyncio.get_running_loop().call_later(
+            max(0.0, when - time.time()) + 0.05, self._want_certs)
 
     def ready(self) -> tuple[bool, list[str]]:
         """Ready once a config is applied and every local ambient identity has a certificate."""

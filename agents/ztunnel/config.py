@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from agents.common.certs import parse_spiffe
+from agents.common.faults import AgentFault, FaultFormatError, parse_faults
 from agents.ztunnel import transparent
 from agents.ztunnel.policy import ConnInfo, authorize, mtls_mode
 
@@ -121,6 +122,7 @@ class Snapshot:
     peer_authentications: list[dict[str, Any]]
     authorization_policies: list[dict[str, Any]]
     cluster: str = "unknown"
+    faults: list[AgentFault] = field(default_factory=list)  # live faults (agents/common/faults.py)
     by_address: dict[str, Workload] = field(default_factory=dict, init=False)
     local_ambient: dict[str, Workload] = field(default_factory=dict, init=False)
     outbound: dict[Address, tuple[Service, ServicePort]] = field(default_factory=dict, init=False)
@@ -153,6 +155,10 @@ class Snapshot:
         if key in index:
             raise ConfigError(f"{who} and another entry both claim {key[0]}:{key[1]}")
         index[key] = value
+
+    @property
+    def fault_ids(self) -> set[str]:
+        return {f.id for f in self.faults}
 
     @property
     def local_identities(self) -> set[str]:
@@ -201,6 +207,10 @@ def parse_snapshot(raw: Any, node: str) -> Snapshot:
     if ttl is not None and (not isinstance(ttl, int) or isinstance(ttl, bool) or ttl <= 0):
         raise ConfigError(f"certTtlSeconds: want a positive integer, got {ttl!r}")
     policy = _dict(doc.get("policy") or {}, "policy")
+    try:
+        faults = parse_faults(doc.get("faults"))
+    except FaultFormatError as e:
+        raise ConfigError(str(e)) from None
     if _str(doc, "capture", "snapshot") not in CAPTURES:
         raise ConfigError(f"snapshot.capture: want one of {', '.join(CAPTURES)}, got {doc['capture']!r}")
     snapshot = Snapshot(
@@ -214,6 +224,7 @@ def parse_snapshot(raw: Any, node: str) -> Snapshot:
         authorization_policies=[_dict(p, f"policy.authorizationPolicies[{i}]")
                                 for i, p in enumerate(_list(policy, "authorizationPolicies", "policy", True))],
         cluster=str(doc.get("cluster") or "unknown"),
+        faults=faults,
     )
     _check_policies(snapshot)
     return snapshot

@@ -21,12 +21,14 @@ import socket
 from collections.abc import Callable
 
 from agents.common.certs import parse_spiffe
+from agents.common.toxics import toxic_splice, toxic_target
 from agents.hbone import ConnectDecision, ConnectRequest
 from agents.ztunnel.config import Service, Snapshot, Workload
 from agents.ztunnel.headers import forwarded_for, forwarded_node, parse_baggage, trace_id
 from agents.ztunnel.policy import STRICT, ConnInfo, authorize, mtls_mode
 from agents.ztunnel.relay import can_bind_source, connect_from, splice
 from agents.ztunnel.telemetry import ConnectionRecord, Peer, Telemetry, peer_from_baggage, tcp_labels
+from agents.ztunnel.toxics import FaultGate
 
 log = logging.getLogger("meshlab.ztunnel.inbound")
 
@@ -35,10 +37,14 @@ class Inbound:
     """Serves HBONE requests and inbound plaintext captures for this node's workloads."""
 
     def __init__(self, current: Callable[[], Snapshot | None], telemetry: Telemetry,
-                 connect_timeout: float = 5.0) -> None:
+                 connect_timeout: float = 5.0,
+                 original_destination: Callable[[socket.socket], tuple[str, int]] | None = None) -> None:
         self.current = current
         self.telemetry = telemetry
         self.connect_timeout = connect_timeout
+        self.gate = FaultGate(current)  # live faults: toxics, partitions, revoked identities
+        # Explicit capture: the capture address the client connected to; transparent: SO_ORIGINAL_DST.
+        self.original_destination = original_destination or _own_address
 
     # ------------------------------------------------------------ HBONE
 
@@ -79,9 +85,16 @@ class Inbound:
             record.labels = labels("RBAC")
             outcome = f"denied: {decision.policy or 'no ALLOW match'}"
             return self._refuse(record, snapshot, 401, decision.reason, outcome, "RBAC")
+        source = snapshot.by_address.get(client_ip)
+        refusal = self.gate.refusal(snapshot, source.node if source else None, workload.node,
+                                    (principal, workload.identity))
+        if refusal is not None:
+            record.labels = labels("FI")
+            return self._refuse(record, snapshot, 503, refusal, "fault", "FI")
         try:
             upstream = await connect_from((workload.address, request.port),
-                                          client_ip if can_bind_source(client_ip) else None, self.connect_timeout)
+                                          client_ip if can_bind_source(client_ip) else None, self.connect_timeout,
+                                          mark=snapshot.upstream_mark)
         except OSError as e:
             record.labels = labels("UF")
             return self._refuse(record, snapshot, 503, f"cannot connect to {request.authority}: {e.strerror or e}",
@@ -91,6 +104,9 @@ class Inbound:
         def complete(bytes_in: int, bytes_out: int, error: str | None) -> None:
             # bytes_in: client → workload (the request); bytes_out: workload → client (the response)
             self.telemetry.closed(record, f"reset: {error}" if error else "ok", bytes_out, bytes_in)
+        toxics = self.gate.toxics(snapshot, source, workload, service, inbound=True)
+        if toxics:  # off the fast path: an asyncio copy loop applies them
+            return ConnectDecision.accept(toxic_target(upstream, toxics, self.gate.is_on)[0], complete)
         return ConnectDecision.accept(upstream, complete)
 
     def _refuse(self, record: ConnectionRecord, snapshot: Snapshot | None, status: int, reason: str, outcome: str,
@@ -128,11 +144,11 @@ class Inbound:
     async def handle_plaintext(self, client: socket.socket) -> None:
         """Serve one connection captured on a workload's inbound capture address."""
         peer = client.getpeername()[:2]
-        capture, port = client.getsockname()[:2]
+        capture, port = self.original_destination(client)
         client_ip = str(peer[0])
         record = ConnectionRecord("inbound", f"{peer[0]}:{peer[1]}", f"{capture}:{port}")
         snapshot = self.current()
-        workload = snapshot.inbound_capture.get((str(capture), int(port))) if snapshot else None
+        workload = snapshot.inbound_target(str(capture), int(port)) if snapshot else None
         if snapshot is None or workload is None:
             record.labels = tcp_labels("destination", Peer(), None, Peer(), None, None, "NR", "none")
             return self._close(client, record, "no_route", "NR", "no workload at this capture address")
@@ -160,13 +176,16 @@ class Inbound:
                                decision.reason)
         try:
             upstream = await connect_from((workload.address, int(port)),
-                                          client_ip if can_bind_source(client_ip) else None, self.connect_timeout)
+                                          client_ip if can_bind_source(client_ip) else None, self.connect_timeout,
+                                          mark=snapshot.upstream_mark)
         except OSError as e:
             record.labels = labels("UF")
             return self._close(client, record, "upstream_connect_failed", "UF",
                                f"cannot connect to {workload.address}:{port}: {e.strerror or e}")
         self.telemetry.opened(record, labels("-"))
-        request_bytes, response_bytes, error = await splice(client, upstream)
+        toxics = self.gate.toxics(snapshot, known_source, workload, service, inbound=True)
+        request_bytes, response_bytes, error = await (toxic_splice(client, upstream, toxics, self.gate.is_on)
+                                                      if toxics else splice(client, upstream))
         self.telemetry.closed(record, f"reset: {error}" if error else "ok", response_bytes, request_bytes)
 
     def _close(self, client: socket.socket, record: ConnectionRecord, outcome: str, flags: str, why: str) -> None:
@@ -177,6 +196,11 @@ class Inbound:
         except OSError:
             pass
         self.telemetry.closed(record, outcome, flags=flags)
+
+
+def _own_address(sock: socket.socket) -> tuple[str, int]:
+    host, port = sock.getsockname()[:2]
+    return str(host), int(port)
 
 
 def _client_ip(request: ConnectRequest) -> str:

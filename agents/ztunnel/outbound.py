@@ -21,12 +21,14 @@ import socket
 import struct
 from collections.abc import Callable
 
+from agents.common.toxics import toxic_pipe_socket, toxic_splice
 from agents.hbone import HboneError, pipe_socket
 from agents.ztunnel.config import Service, ServicePort, Snapshot, Workload
 from agents.ztunnel.dialer import HboneDialer
 from agents.ztunnel.headers import connect_headers, trace_id
 from agents.ztunnel.relay import can_bind_source, connect_from, splice
 from agents.ztunnel.telemetry import UNKNOWN, ConnectionRecord, Peer, Telemetry, tcp_labels
+from agents.ztunnel.toxics import FaultGate
 
 log = logging.getLogger("meshlab.ztunnel.outbound")
 
@@ -53,6 +55,7 @@ class Outbound:
         self.telemetry = telemetry
         self.original_destination = original_destination
         self.connect_timeout = connect_timeout
+        self.gate = FaultGate(current)  # live faults: toxics, partitions, revoked identities
         self._round_robin: dict[tuple[str, str], itertools.count[int]] = {}
 
     async def handle(self, client: socket.socket) -> None:
@@ -87,7 +90,14 @@ class Outbound:
                                 f"service {service.name}.{service.namespace} has no endpoints", source=source)
         record.destination = Peer.of(destination)
         record.destination_workload_address = f"{destination.address}:{service_port.target_port}"
+        refusal = self.gate.refusal(snapshot, source.node, destination.node,
+                                    (source.identity, destination.identity) if destination.in_mesh else ())
+        if refusal is not None:
+            return self._refuse(client, record, snapshot, service, "fault", "FI", refusal, source=source)
+        toxics = self.gate.toxics(snapshot, source, destination, service)
         if destination.in_mesh:
+            if toxics:
+                self.gate.outbound_toxics[client] = toxics
             await self._via_hbone(client, peer, record, snapshot, source, service, destination.hbone_target,
                                   f"{_host(destination.address)}:{service_port.target_port}", destination.identity)
         else:
@@ -125,7 +135,11 @@ class Outbound:
         self.telemetry.opened(record, labels("-"))
         error: str | None = None
         try:
-            await pipe_socket(tunnel, client)
+            toxics = self.gate.outbound_toxics.pop(client, None)
+            if toxics:  # off the fast path: an asyncio copy loop applies them
+                await toxic_pipe_socket(tunnel, client, toxics, self.gate.is_on)
+            else:
+                await pipe_socket(tunnel, client)
         except (HboneError, OSError) as e:  # the tunnel broke before the pipe started: still one closed connection
             error = str(e)
             tunnel.abort()
@@ -154,7 +168,9 @@ class Outbound:
             self.telemetry.closed(record, "upstream_connect_failed", flags="UF")
             return
         self.telemetry.opened(record, labels("-"))
-        request_bytes, response_bytes, error = await splice(client, upstream)
+        toxics = self.gate.toxics(snapshot, source, destination, service)
+        request_bytes, response_bytes, error = await (toxic_splice(client, upstream, toxics, self.gate.is_on)
+                                                      if toxics else splice(client, upstream))
         self.telemetry.closed(record, f"reset: {error}" if error else "ok", response_bytes, request_bytes)
 
     def _refuse(self, client: socket.socket, record: ConnectionRecord, snapshot: Snapshot | None,

@@ -28,13 +28,19 @@ def can_bind_source(ip: str) -> bool:
         return False
 
 
-async def connect_from(address: tuple[str, int], source_ip: str | None, timeout: float = 5.0) -> socket.socket:
-    """A TCP connection to `address`, bound to (source_ip, 0) when given; raises OSError (TimeoutError)."""
+async def connect_from(address: tuple[str, int], source_ip: str | None, timeout: float = 5.0,
+                       mark: int | None = None) -> socket.socket:
+    """A TCP connection to `address`, bound to (source_ip, 0) when given; raises OSError (TimeoutError).
+
+    `mark` (SO_MARK) tags it as the proxy's own, so transparent capture's iptables rules let it through.
+    """
     family = socket.AF_INET6 if ":" in address[0] else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
     try:
         sock.setblocking(False)
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        if mark is not None:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_MARK, mark)
         if source_ip is not None:
             # The same source address as the client's: the kernel picks a free port for it.
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)

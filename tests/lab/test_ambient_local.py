@@ -7,15 +7,14 @@ import os
 import signal
 import threading
 import time
-import urllib.request
 from pathlib import Path
 
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
 
 from lab.controlplane.launch import running_pid
 from lab.providers.proctags import find_tagged
 from lab.state import lab_dir
+from tests.lab import ambient_scenarios as scenarios
 from tests.support import meshlab
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -25,22 +24,7 @@ pytestmark = pytest.mark.slow
 
 
 def load(*args: str) -> dict:
-    return json.loads(meshlab("load", *args, "--json", "--lab", "bookinfo").stdout)
-
-
-def metrics(address: str) -> list:
-    with urllib.request.urlopen(f"http://{address}:15020/metrics", timeout=5) as r:
-        return [s for fam in text_string_to_metric_families(r.read().decode()) for s in fam.samples]
-
-
-def tcp_total(state: dict, name: str, **labels: str) -> float:
-    """Sum of a ztunnel counter over every node, for samples matching `labels`."""
-    total = 0.0
-    for node in state["nodes"].values():
-        for s in metrics(node["address"]):
-            if s.name == name and all(s.labels.get(k) == v for k, v in labels.items()):
-                total += s.value
-    return total
+    return scenarios.load("bookinfo", *args)
 
 
 @pytest.fixture(scope="module")
@@ -54,36 +38,11 @@ def ambient_bookinfo():
 
 
 def test_pages_are_served_as_in_mode_none_with_mtls_on_every_hop(ambient_bookinfo) -> None:
-    state = ambient_bookinfo
-    before_tls = tcp_total(state, "istio_tcp_connections_opened_total", reporter="destination",
-                           connection_security_policy="mutual_tls")
-    result = load("productpage:9080/productpage", "-n", "60", "-c", "2", "--count-body", r"reviews-v\d")
-    assert result["codes"] == {"200": 60}
-    assert set(result["body_matches"]) == {"reviews-v1", "reviews-v2", "reviews-v3"}
-    # productpage -> details and -> reviews once per page; reviews v2/v3 -> ratings: every one over HBONE.
-    ratings_calls = result["body_matches"]["reviews-v2"] + result["body_matches"]["reviews-v3"]
-    expected = 60 + 60 + ratings_calls
-    tls = tcp_total(state, "istio_tcp_connections_opened_total", reporter="destination",
-                    connection_security_policy="mutual_tls") - before_tls
-    assert tls == expected
-    edge = tcp_total(state, "istio_tcp_connections_opened_total", reporter="destination",
-                     source_workload="reviews-v2", destination_workload="ratings-v1",
-                     connection_security_policy="mutual_tls",
-                     source_principal="spiffe://cluster.local/ns/bookinfo/sa/bookinfo-reviews")
-    assert edge >= result["body_matches"]["reviews-v2"]
+    scenarios.pages_are_served_with_mtls_on_every_hop("bookinfo", ambient_bookinfo)
 
 
 def test_proxy_status_and_certificates(ambient_bookinfo) -> None:
-    status = json.loads(meshlab("proxy-status", "--json", "--lab", "bookinfo").stdout)
-    assert {a["node"] for a in status["agents"]} == {"node-1", "node-2", "node-3"}
-    assert {a["status"] for a in status["agents"]} == {"SYNCED"}
-    certs = json.loads(meshlab("certs", "--json", "--lab", "bookinfo").stdout)
-    held = {(c["identity"].rsplit("/", 1)[1], c["holder"]) for c in certs}
-    assert ("bookinfo-reviews", "ztunnel/node-3") in held and ("bookinfo-details", "ztunnel/node-2") in held
-    text = meshlab("proxy-status", "--lab", "bookinfo").stdout
-    assert "SYNCED" in text and "ztunnel" in text
-    text = meshlab("certs", "--lab", "bookinfo").stdout
-    assert "spiffe://cluster.local/ns/bookinfo/sa/bookinfo-ratings" in text and "ztunnel/node-3" in text
+    scenarios.proxy_status_and_certificates("bookinfo")
 
 
 def test_killing_the_control_plane_loses_no_request(ambient_bookinfo) -> None:
