@@ -16,7 +16,7 @@ from typing import Any
 
 from lab import image, orchestrator
 from lab.cli import render
-from lab.cli import faultverbs
+from lab.cli import faultverbs, scenarioverbs
 from lab.cli.meshverbs import add_verbs
 from lab.errors import LabError, LabNotFound, TopologyError
 from lab.state import list_labs
@@ -214,6 +214,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_verbs(verb, pick_lab)
     faultverbs.add_verbs(verb, pick_lab)
+    scenarioverbs.add_verbs(verb)
 
     p = verb("bench", cmd_bench, "measure the data path against C baselines, in one run on this machine")
     p.add_argument("suite", choices=["l4"], help="l4: direct vs ztunnel (HBONE) pair vs stunnel mTLS pair")

@@ -62,7 +62,7 @@ def cmd_delete(args: argparse.Namespace, lab: str) -> int:
     if args.filename:
         docs = _read_files(args.filename)
         answer = client.delete_config(documents=[{"source": s, "text": t} for s, t in docs],
-                                      missingOk=args.ignore_not_found)
+                                      namespace=args.namespace, missingOk=args.ignore_not_found)
     elif args.kind and args.name:
         answer = client.delete_config(kind=args.kind, name=args.name, namespace=args.namespace,
                                       missingOk=args.ignore_not_found)

@@ -54,7 +54,7 @@ def status_table(doc: dict[str, Any]) -> str:
            f"control plane {cp.get('state', '?')}" + (f" (pid {cp['pid']})" if cp.get("pid") else
                                                        " (run `meshlab up` again to restart it)"), ""]
     out.append(table(["NODE", "PROVIDER", "ADDRESS", "STATE"],
-                     [[n, v["provider"], v["address"], v.get("state", "?")] for n, v in doc["nodes"].items()]))
+                     [[n, v["provider"], v["address"], _node_state(v)] for n, v in doc["nodes"].items()]))
     out.append("")
     out.append(table(["NAMESPACE", "MODE", "WAYPOINT"],
                      [[n, v["mode"], "yes" if v["waypoint"] else "no"] for n, v in doc["namespaces"].items()]))
@@ -76,6 +76,20 @@ def status_table(doc: dict[str, Any]) -> str:
     if errors:
         out += ["", *errors]
     return "\n".join(out)
+
+
+def _node_state(v: dict[str, Any]) -> str:
+    """The node's state; for an ssh node also its connection and capture."""
+    text = str(v.get("state", "?"))
+    conn = v.get("connection")
+    if conn:
+        reconnects = conn.get("reconnects") or 0
+        text += f", ssh {conn.get('state', '?')}" + (f" ({reconnects} reconnects)" if reconnects else "")
+        if conn.get("state") != "connected" and conn.get("error"):
+            text += f": {conn['error']}"
+    if v.get("captureCapability"):
+        text += f", capture {v.get('capture')} (transparent {'possible' if v['captureCapability'] == 'transparent' else 'not possible'}: {v.get('captureReason')})"
+    return text
 
 
 def _state(p: dict[str, Any] | None) -> str:

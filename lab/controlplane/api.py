@@ -80,10 +80,12 @@ class LabApi:
         body = req.body or {}
         store: ConfigStore = self.cp.store
         if body.get("documents"):
-            objects = []
+            namespace = str(body.get("namespace") or DEFAULT_NAMESPACE)
+            objects = {}  # by key: two files may name the same object (kubectl delete -f a -f b)
             for doc in body["documents"]:
-                objects += parse_config(doc["text"], doc.get("source", "<api>"))
-            outcomes = store.delete_objects(objects, missing_ok=bool(body.get("missingOk")))
+                for obj in parse_config(doc["text"], doc.get("source", "<api>"), namespace):
+                    objects.setdefault(obj.key, obj)
+            outcomes = store.delete_objects(list(objects.values()), missing_ok=bool(body.get("missingOk")))
         else:
             outcomes = store.delete(resolve_kind(body["kind"]), body["name"], body.get("namespace") or "default",
                                     missing_ok=bool(body.get("missingOk")))

@@ -13,6 +13,7 @@ _PROVIDERS: dict[str, str] = {
     "local": "lab.providers.local:LocalProvider",
     "fake": "lab.providers.fake:FakeProvider",  # in memory, for tests
     "docker": "lab.providers.docker:DockerProvider",
+    "ssh": "lab.providers.ssh:SshProvider",
 }
 
 

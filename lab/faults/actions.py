@@ -1,0 +1,99 @@
+"""What the control plane does when a node, process or security fault is added or removed.
+
+Traffic faults (l4, l7) need nothing here: they reach the agents in their snapshots.
+Node and process faults go through the node's provider; a provider that cannot do
+one says so (`ProviderNotSupported`) and the fault is not added. A partition on the
+local provider is enforced by the ztunnels (loopback has no per-node firewall
+without root), so it is mesh traffic that is cut there; other providers partition
+the node's network too.
+"""
+
+from __future__ import annotations
+
+import signal
+from typing import Any
+
+from lab.errors import LabError, ProviderNotSupported
+from lab.faults.store import Fault
+
+ZTUNNEL = "ztunnel"
+
+
+async def apply(lab: Any, state: dict[str, Any], fault: Fault) -> None:
+    """Do what adding `fault` takes (sets `fault.note`/`fault.effect`); raises LabError when it cannot be done."""
+    kind = fault.kind
+    if kind == "partition":
+        fault.note = await _partition(lab, state, fault, heal=False)
+    elif kind in ("pause_node", "stop_node"):
+        node = fault.target["name"]  # type: ignore[index]
+        provider = lab.provider_of(node, state)
+        if kind == "pause_node":
+            await provider.pause_node(node)
+        else:
+            stop = getattr(provider, "stop_node", None)
+            if stop is None:
+                raise ProviderNotSupported(f"the {provider.name} provider cannot stop a node and start it again "
+                                           f"(try pause_node: it freezes every process of the node)")
+            await stop(node)
+        fault.note = f"{provider.name} provider"
+    elif kind in ("kill_agent", "pause_agent"):
+        node = fault.target["name"]  # type: ignore[index]
+        sig = signal.SIGKILL if kind == "kill_agent" else signal.SIGSTOP
+        await lab.provider_of(node, state).signal_process(node, ZTUNNEL, sig)
+        fault.note = f"{signal.Signals(sig).name} to {node}/{ZTUNNEL}"
+    elif kind == "crash_workload":
+        name = fault.target["name"]  # type: ignore[index]
+        node = state["workloads"][name]["node"]
+        await lab.provider_of(node, state).signal_process(node, name, signal.SIGKILL)
+        fault.note = f"SIGKILL to {node}/{name}"
+    elif kind in ("expire_cert", "revoke"):
+        name = fault.target["name"]  # type: ignore[index]
+        fault.effect = {"identity": state["workloads"][name]["identity"]}
+        fault.note = ("the ztunnel drops the certificate until the fault is removed" if kind == "expire_cert"
+                      else "the CA refuses the identity, its ztunnel drops it, peers refuse it")
+
+
+async def revert(lab: Any, state: dict[str, Any], fault: Fault) -> None:
+    """Undo `fault` (removal or expiry); raises LabError when the provider fails."""
+    kind = fault.kind
+    if kind == "partition":
+        await _partition(lab, state, fault, heal=True)
+    elif kind == "pause_node":
+        node = fault.target["name"]  # type: ignore[index]
+        await lab.provider_of(node, state).resume_node(node)
+    elif kind == "stop_node":
+        node = fault.target["name"]  # type: ignore[index]
+        provider = lab.provider_of(node, state)
+        await provider.start_node(node)
+    elif kind == "pause_agent":
+        node = fault.target["name"]  # type: ignore[index]
+        await lab.provider_of(node, state).signal_process(node, ZTUNNEL, signal.SIGCONT)
+
+
+async def _partition(lab: Any, state: dict[str, Any], fault: Fault, heal: bool) -> str:
+    """Partition (or heal) through every non-local provider involved; the ztunnels do it on local nodes."""
+    target = fault.target or {}
+    pairs: list[tuple[str, str | None]]
+    if target.get("type") == "edge":
+        pairs = [(target["source"]["name"], target["destination"]["name"])]
+    else:
+        pairs = [(target["name"], None)]
+    done = []
+    for node, peer in pairs:
+        providers = {state["nodes"][n]["provider"] for n in (node, peer) if n}
+        if providers == {"local"}:
+            continue
+        provider = lab.provider_of(node, state)
+        try:
+            if heal:
+                await provider.heal_partition(node, peer)
+            else:
+                await provider.partition(node, peer, "out" if fault.direction == "upstream" else "both")
+            done.append(provider.name)
+        except ProviderNotSupported:
+            if heal:
+                continue
+            raise
+        except LabError:
+            raise
+    return ("ztunnels refuse HBONE across it" + (f"; {', '.join(done)} provider network rules" if done else ""))

@@ -1,0 +1,129 @@
+"""The control plane's side of live faults: add, remove, expire, and what agents and the CA are told.
+
+Every change is saved first (faults.json), then published as a new config version,
+so a fault survives a control-plane restart and agents see it at once. An expiry
+timer runs in the daemon: expired faults are reverted with no client attached.
+Agents drop a fault at its `expiresAt` on their own too.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from typing import TYPE_CHECKING, Any
+
+from lab.errors import CertificateRefused, LabError
+from lab.faults import actions
+from lab.faults.catalogue import KINDS
+from lab.faults.store import Fault, FaultStore, new_fault
+from lab.faults.targets import describe
+
+if TYPE_CHECKING:
+    from lab.controlplane.daemon import ControlPlane
+
+log = logging.getLogger("meshlab.controlplane.faults")
+EXPIRY_TICK = 0.25
+
+
+class LiveFaults:
+    """The lab's faults, owned by the control plane."""
+
+    def __init__(self, cp: ControlPlane) -> None:
+        self.cp = cp
+        self.store = FaultStore(cp.dir / "faults.json")
+        self._lock = asyncio.Lock()
+
+    def for_agents(self, state: dict[str, Any]) -> list[dict[str, Any]]:
+        return self.store.for_agents(state)
+
+    def check_identity(self, identity: str) -> None:
+        """The CA's check: a revoked identity gets no certificate."""
+        for f in self.store.list():
+            if f.kind == "revoke" and not f.expired() and f.effect.get("identity") == identity:
+                raise CertificateRefused(f"{identity} is revoked (fault {f.id}; `meshlab fault rm {f.id}` restores it)")
+
+    def list(self) -> list[dict[str, Any]]:
+        now = time.time()
+        return [{**f.to_json(), "expiresIn": None if f.expires is None else max(0.0, f.expires - now)}
+                for f in self.store.list()]
+
+    async def add(self, request: dict[str, Any]) -> dict[str, Any]:
+        from lab.handle import Lab
+
+        async with self._lock:
+            state = self.cp.state_file.load()
+            self.cp.state = state
+            fault = new_fault(f"f{self.store.next_id}", request, state)
+            kind = KINDS[fault.kind]
+            lab = Lab(self.cp.lab)
+            try:
+                await actions.apply(lab, state, fault)
+            finally:
+                await lab.close()
+            self.store.allocate_id()
+            what = f"fault {fault.id} {fault.kind} on {describe(fault.target)}"
+            if kind.one_shot:
+                self.store.save()
+                self.cp.event(f"{what} done once ({fault.note})")
+                return {**fault.to_json(), "oneShot": True, "version": self.cp.channel.version}
+            self.store.add(fault)
+            version = self.cp.config_changed(f"{what} added") if kind.agent else self.cp.channel.version
+            if not kind.agent:
+                self.cp.event(f"{what} added ({fault.note})")
+        return {**fault.to_json(), "version": version}
+
+    async def remove(self, fid: str | None, everything: bool = False, why: str = "removed") -> dict[str, Any]:
+        async with self._lock:
+            faults = self.store.list() if everything else [self.store.remove(fid or "")]
+            errors = []
+            for fault in faults:
+                self.store.faults.pop(fault.id, None)
+                try:
+                    await self._revert(fault)
+                except LabError as e:
+                    errors.append(f"{fault.id}: {e}")
+                    self.cp.event(f"fault {fault.id}: revert failed: {e}")
+            self.store.save()
+            version = self.cp.channel.version
+            if any(KINDS[f.kind].agent for f in faults):
+                version = self.cp.config_changed(f"{len(faults)} fault(s) {why}: "
+                                                 f"{', '.join(f.id for f in faults)}")
+            elif faults:
+                self.cp.event(f"fault(s) {why}: {', '.join(f.id for f in faults)}")
+        return {"removed": [f.id for f in faults], "version": version, "errors": errors}
+
+    async def _revert(self, fault: Fault) -> None:
+        from lab.handle import Lab
+
+        lab = Lab(self.cp.lab)
+        try:
+            await actions.revert(lab, self.cp.state, fault)
+        finally:
+            await lab.close()
+
+    async def expire_forever(self) -> None:
+        """The daemon's timer: revert faults whose TTL ran out, whether or not a client is attached."""
+        while True:
+            await asyncio.sleep(EXPIRY_TICK)
+            for fault in self.store.expired():
+                if fault.id not in self.store.faults:
+                    continue
+                try:
+                    await self._remove_expired(fault)
+                except Exception:  # the timer must outlive any one fault
+                    log.exception("expiring fault %s failed", fault.id)
+
+    async def _remove_expired(self, fault: Fault) -> None:
+        async with self._lock:
+            if self.store.faults.pop(fault.id, None) is None:
+                return
+            self.store.save()
+            try:
+                await self._revert(fault)
+            except LabError as e:
+                self.cp.event(f"fault {fault.id} expired; revert failed: {e}")
+            if KINDS[fault.kind].agent:
+                self.cp.config_changed(f"fault {fault.id} {fault.kind} expired")
+            else:
+                self.cp.event(f"fault {fault.id} {fault.kind} expired")
