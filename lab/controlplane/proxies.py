@@ -14,6 +14,7 @@ from typing import Any
 
 from prometheus_client.parser import text_string_to_metric_families
 
+from lab import capture
 from lab.controlplane import readiness
 from lab.controlplane.bootstrap import AGENT_CHANNEL_PORT, node_channel_address
 from lab.dataplane import (proxy_process_name, sidecar_agent, sidecar_process, sidecar_workloads, waypoint_agent,
@@ -38,6 +39,8 @@ class ProxyControl:
     async def start_waypoint(self, state: dict[str, Any], entry: dict[str, Any]) -> None:
         async def work(lab: Lab) -> None:
             provider = lab.provider_of(entry["node"], state)
+            if _on_docker(state, entry["node"]):  # its address goes on the node's eth0 before it binds it
+                await capture.set_proxy_address(provider, entry["node"], entry["address"])
             cp = f"{node_channel_address(state, entry['node'])}:{AGENT_CHANNEL_PORT}"
             await provider.start_process(entry["node"],
                                          waypoint_process(entry, cp, provider.agent_command(entry["node"])))
@@ -53,6 +56,15 @@ class ProxyControl:
             await asyncio.gather(*(one(w) for w in workloads))
         await self._run(state, work)
 
+    async def stop_waypoint(self, state: dict[str, Any], entry: dict[str, Any]) -> None:
+        """Stop a waypoint, then take its address off a docker node's eth0."""
+        await self.stop(state, [waypoint_process_of(entry)])
+        if _on_docker(state, entry["node"]):
+            async def work(lab: Lab) -> None:
+                await capture.set_proxy_address(lab.provider_of(entry["node"], state), entry["node"],
+                                                entry["address"], present=False)
+            await self._run(state, work)
+
     async def stop(self, state: dict[str, Any], processes: list[tuple[str, str]]) -> None:
         """Stop (node, process name) pairs; a process already gone is fine."""
         async def work(lab: Lab) -> None:
@@ -66,16 +78,33 @@ class ProxyControl:
         await self._run(state, work)
 
     async def restart_workloads(self, state: dict[str, Any], workloads: list[str],
-                                env: dict[str, dict[str, str]]) -> list[str]:
-        """Restart workloads one after another (a rolling restart), each with its env changes; returns them."""
+                                env: dict[str, dict[str, str]], timeout: float = 30.0) -> list[str]:
+        """Restart workloads with their env changes and wait until they serve again; returns them.
+
+        Each workload is its own deployment of one replica, and deployments roll independently:
+        all restart at once.
+        """
         async def work(lab: Lab) -> list[str]:
-            done = []
-            for name in workloads:
+            async def one(name: str) -> None:
                 node = state["workloads"][name]["node"]
                 await lab.provider_of(node, state).restart_process(node, name, env.get(name, {}))
-                done.append(name)
-            return done
+            await asyncio.gather(*(one(w) for w in workloads))
+            nodes = {state["workloads"][w]["node"] for w in workloads}
+            deadline = asyncio.get_running_loop().time() + timeout
+            while True:
+                listed = await asyncio.gather(*(lab.provider_of(n, state).list_processes(n) for n in nodes))
+                waiting = {p.name for ps in listed for p in ps if p.name in workloads and not p.ready}
+                if not waiting or asyncio.get_running_loop().time() > deadline:
+                    break
+                await asyncio.sleep(0.1)
+            if waiting:
+                raise LabError(f"workloads not serving {timeout:.0f}s after their restart: {', '.join(sorted(waiting))}")
+            return list(workloads)
         return await self._run(state, work)
+
+
+def _on_docker(state: dict[str, Any], node: str) -> bool:
+    return state["nodes"][node].get("provider") == "docker"
 
 
 def waypoint_process_of(entry: dict[str, Any]) -> tuple[str, str]:
