@@ -92,3 +92,12 @@ class AdminServer(TrackedServer):
         finally:
             self._untrack(writer)
             writer.close()
+
+
+def tail_reply(entries: list[Any], query: Mapping[str, str]) -> Reply:
+    """The last `?limit=N` entries of an access-log ring as JSON (all of them without a limit)."""
+    try:
+        limit = int(query.get("limit", len(entries)))
+    except ValueError:
+        return Reply.json({"error": f"bad limit {query['limit']!r}"}, 400)
+    return Reply.json(entries[-limit:] if limit > 0 else [])

@@ -182,14 +182,17 @@ class NodeSupervisor:
                 return {"changed": False}
             if current is not None:
                 await current.stop()
-            env = {**self._env, **spec.env, "MESHLAB_LAB": self.lab, "MESHLAB_NODE": self.node,
-                   "MESHLAB_WORKLOAD": spec.name}
-            process = SupervisedProcess(spec, env, self.dir, self.dir / "logs" / f"{spec.name}.log",
-                                        self._changed)
-            self.processes[spec.name] = process
-            process.start()
-            self._changed()
+            self._launch(spec)
             return {"changed": True}
+
+    def _launch(self, spec: ProcessSpec) -> None:
+        """Start a supervised process for `spec` (replacing the record of one of that name)."""
+        env = {**self._env, **spec.env, "MESHLAB_LAB": self.lab, "MESHLAB_NODE": self.node,
+               "MESHLAB_WORKLOAD": spec.name}
+        process = SupervisedProcess(spec, env, self.dir, self.dir / "logs" / f"{spec.name}.log", self._changed)
+        self.processes[spec.name] = process
+        process.start()
+        self._changed()
 
     async def _op_restart(self, request: dict[str, Any]) -> dict[str, Any]:
         """Restart a process with changes to its environment (`env`; an empty value removes a variable).
@@ -201,13 +204,7 @@ class NodeSupervisor:
         spec = dataclasses.replace(process.spec, env=env)
         async with self._lock(spec.name):
             await process.stop()
-            env_all = {**self._env, **spec.env, "MESHLAB_LAB": self.lab, "MESHLAB_NODE": self.node,
-                       "MESHLAB_WORKLOAD": spec.name}
-            restarted = SupervisedProcess(spec, env_all, self.dir, self.dir / "logs" / f"{spec.name}.log",
-                                          self._changed)
-            self.processes[spec.name] = restarted
-            restarted.start()
-        self._changed()
+            self._launch(spec)
         return {}
 
     async def _op_stop(self, request: dict[str, Any]) -> dict[str, Any]:

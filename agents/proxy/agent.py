@@ -14,7 +14,7 @@ import logging
 from collections.abc import Awaitable, Callable
 from typing import Any, TextIO
 
-from agents.common.admin_http import PROMETHEUS_TEXT, AdminServer, Reply, Route
+from agents.common.admin_http import PROMETHEUS_TEXT, AdminServer, Reply, Route, tail_reply
 from agents.l7.telemetry import L7Telemetry
 from agents.proxy.view import MeshView
 from agents.ztunnel.agent import Ports
@@ -64,6 +64,10 @@ class L7Agent:
         """The subclass's part of /config_dump."""
         return {}
 
+    def _upstream_mark(self) -> int | None:
+        """SO_MARK for plain upstream sockets: set under transparent capture, so iptables lets them pass."""
+        return self.view.snapshot.upstream_mark if self.view is not None else None
+
     # ---------------------------------------------------------------- lifecycle
 
     async def start(self) -> None:
@@ -79,6 +83,9 @@ class L7Agent:
         try:
             view = MeshView(parse_snapshot(raw, self.node), self.kind)
             identities = await self.configure(view)
+            # roots and security faults (expire_cert, foreign_ca) of the identities this proxy presents
+            await self.certs.follow(view.snapshot.raw.get("trust"), view.snapshot.faults)
+            self.certs.servers = [s for s in [getattr(self, "hbone", None)] if s is not None]
         except Exception as e:  # ConfigError, PolicyError, a bind that failed: NACKed either way
             self.rejected = {"version": version, "error": f"{type(e).__name__}: {e}"}
             raise
@@ -118,12 +125,7 @@ class L7Agent:
                                "config_version": self.version, "outbound_connections": self.dialer.connections()})
 
         def logs(query: Any) -> Reply:
-            entries = list(self.telemetry.logs)
-            try:
-                limit = int(query.get("limit", len(entries)))
-            except ValueError:
-                return Reply.json({"error": f"bad limit {query['limit']!r}"}, 400)
-            return Reply.json(entries[-limit:] if limit > 0 else [])
+            return tail_reply(list(self.telemetry.logs), query)
 
         return {"/config_dump": config_dump, "/certs": certs, "/stats": stats, "/logs": logs}
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import TYPE_CHECKING
 
-from agents.common.admin_http import PROMETHEUS_TEXT, Reply, Route
+from agents.common.admin_http import PROMETHEUS_TEXT, Reply, Route, tail_reply
 
 if TYPE_CHECKING:
     from agents.ztunnel.agent import Ztunnel
@@ -34,12 +34,7 @@ def admin_routes(z: Ztunnel) -> dict[str, Route]:
                                      "outbound_connections": z.dialer.connections()}})
 
     def logs(query: Mapping[str, str]) -> Reply:
-        entries = list(z.telemetry.logs)
-        try:
-            limit = int(query.get("limit", len(entries)))
-        except ValueError:
-            return Reply.json({"error": f"bad limit {query['limit']!r}"}, 400)
-        return Reply.json(entries[-limit:] if limit > 0 else [])
+        return tail_reply(list(z.telemetry.logs), query)
 
     return {"/config_dump": config_dump, "/certs": certs, "/stats": stats, "/logs": logs}
 
