@@ -21,7 +21,9 @@ class MeshAction:
 
 MAIN_ACTIONS: tuple[MeshAction, ...] = (
     MeshAction("m", "switch_mode", "Mode", "Switch namespace mode",
-               "Move the selected namespace to ambient, none or sidecar"),
+               "Move the selected namespace to ambient, sidecar or none; shows what restarted and failed"),
+    MeshAction("w", "toggle_waypoint", "Waypoint", "Enable or disable waypoint",
+               "Deploy or remove the selected namespace's waypoint (on a service: that service's own)"),
     MeshAction("l", "start_load", "Load", "Start load run", "Start a bounded load run (target, qps, duration)"),
     MeshAction("x", "stop_load", "Stop", "Stop load run", "Stop the newest running load run"),
     MeshAction("a", "apply_file", "Apply", "Apply YAML file",
@@ -38,8 +40,8 @@ MAIN_ACTIONS: tuple[MeshAction, ...] = (
                footer=False),
     MeshAction("v", "show_events", "Events", "Lab events",
                "What the control plane did: mode switches, config, load runs", footer=False),
-    MeshAction("f", "show_faults", "Faults", "Faults", "Fault injection (not available in this version)",
-               footer=False),
+    MeshAction("f", "show_faults", "Faults", "Faults",
+               "Live faults with their countdown: add L7, L4, node and certificate faults, remove them"),
     MeshAction("r", "refresh", "Refresh", "Refresh now", "Poll the lab now instead of waiting a second",
                footer=False),
 )

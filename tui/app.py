@@ -20,6 +20,7 @@ from lab.client import LabClient
 from tui.actions import MAIN_ACTIONS, MeshAction
 from tui.connection import ClientFactory, LabConnection
 from tui.labs import providers, running_labs, topologies
+from tui.quick_actions import WarmUp
 from tui.screens.help import HelpScreen
 from tui.screens.main import MainScreen
 from tui.screens.start import LabReady, StartScreen
@@ -38,8 +39,9 @@ class MeshLabApp(App[int]):
 
     def __init__(self, lab: str | None = None, *, factory: ClientFactory = LabClient, poll_seconds: float = 1.0,
                  clock: Callable[[], float] = time.time, topology_dirs: list[Path] | None = None,
-                 docker_missing: str | None = None) -> None:
+                 docker_missing: str | None = None, warm: WarmUp | None = None) -> None:
         super().__init__()
+        self.warm = warm
         self.lab = lab
         self.factory = factory
         self.poll_seconds = poll_seconds
@@ -60,7 +62,7 @@ class MeshLabApp(App[int]):
     def attach(self, lab: str) -> None:
         """Open the main screen on `lab` (in place of the start screen, if that is showing)."""
         self.lab = lab
-        self.main_screen = MainScreen(LabConnection(lab, self.factory), self.poll_seconds, self.clock)
+        self.main_screen = MainScreen(LabConnection(lab, self.factory), self.poll_seconds, self.clock, self.warm)
         if isinstance(self.screen, StartScreen):
             self.switch_screen(self.main_screen)
         else:
@@ -88,7 +90,7 @@ class MeshLabApp(App[int]):
             return
         self.call_after_refresh(self.main_screen.run_action, action.action)
 
-def run(lab: str | None = None) -> int:
+def run(lab: str | None = None, warm: WarmUp | None = None) -> int:
     """`meshlab tui`: run the app until the user quits."""
-    MeshLabApp(lab).run()
+    MeshLabApp(lab, warm=warm).run()
     return 0

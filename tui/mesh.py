@@ -37,7 +37,7 @@ class WorkloadView:
 
 @dataclass(frozen=True)
 class AgentView:
-    """A mesh agent process on a node (ztunnel today; waypoints and sidecars later)."""
+    """A mesh agent process on a node: its ztunnel, a waypoint, a workload's sidecar."""
 
     name: str
     role: str
@@ -59,12 +59,24 @@ class NodeView:
 
 
 @dataclass(frozen=True)
+class WaypointView:
+    """A waypoint proxy: the L7 proxy of a namespace (or of one service) in ambient mode."""
+
+    name: str
+    namespace: str
+    service: str  # "" for the namespace's waypoint
+    node: str
+    address: str
+
+
+@dataclass(frozen=True)
 class NamespaceView:
-    """A namespace and its data-plane mode."""
+    """A namespace, its data-plane mode and its waypoint (when it has one)."""
 
     name: str
     mode: str
     waypoint: bool
+    waypoint_at: WaypointView | None = None
 
 
 @dataclass(frozen=True)
@@ -76,6 +88,7 @@ class ServiceView:
     hostname: str
     ports: tuple[int, ...]
     endpoints: tuple[str, ...]
+    waypoint: WaypointView | None = None  # its own waypoint (a service waypoint), if any
 
 
 @dataclass(frozen=True)
@@ -88,6 +101,7 @@ class MeshView:
     nodes: tuple[NodeView, ...]
     namespaces: tuple[NamespaceView, ...]
     services: tuple[ServiceView, ...]
+    waypoints: tuple[WaypointView, ...] = ()
 
     @classmethod
     def from_nodes(cls, doc: dict[str, Any]) -> MeshView:
@@ -110,19 +124,29 @@ class MeshView:
                       if p.get("labels", {}).get("role", "") not in ("workload", "load") and p["name"] not in workloads]
             nodes.append(NodeView(node_name, node.get("address", ""), node.get("provider", ""),
                                   node.get("state", "unknown"), tuple(mine), tuple(agents)))
-        namespaces = tuple(NamespaceView(n, ns.get("mode", "none"), bool(ns.get("waypoint")))
+        waypoints = tuple(WaypointView(str(w.get("name", "")), str(w.get("namespace", "")),
+                                       str(w.get("service") or ""), str(w.get("node", "")), str(w.get("address", "")))
+                          for w in (doc.get("waypoints") or {}).values())
+        of_namespace = {w.namespace: w for w in waypoints if not w.service}
+        of_service = {(w.namespace, w.service): w for w in waypoints if w.service}
+        namespaces = tuple(NamespaceView(n, ns.get("mode", "none"), bool(ns.get("waypoint")) or n in of_namespace,
+                                         of_namespace.get(n))
                            for n, ns in doc.get("namespaces", {}).items())
         services = tuple(ServiceView(s["name"], s.get("namespace", ""), s.get("hostname", ""),
                                      tuple(p["port"] for p in s.get("ports", [])),
                                      tuple(w for w, wd in workloads.items()
                                            if wd.get("service") == s["name"]
-                                           and wd.get("namespace") == s.get("namespace")))
+                                           and wd.get("namespace") == s.get("namespace")),
+                                     of_service.get((s.get("namespace", ""), s["name"])))
                          for s in doc.get("services", {}).values())
         return cls(doc.get("lab", ""), doc.get("status", ""), doc.get("trustDomain", ""), tuple(nodes), namespaces,
-                   services)
+                   services, waypoints)
 
     def workload(self, name: str) -> WorkloadView | None:
         return next((w for n in self.nodes for w in n.workloads if w.name == name), None)
+
+    def service(self, name: str, namespace: str) -> ServiceView | None:
+        return next((s for s in self.services if s.name == name and s.namespace == namespace), None)
 
     def namespace(self, name: str) -> NamespaceView | None:
         return next((ns for ns in self.namespaces if ns.name == name), None)
@@ -140,7 +164,7 @@ class MeshView:
         if ref is not None and ref.kind == "workload":
             return self.workload(ref.name)
         if ref is not None and ref.kind == "service":
-            svc = next((s for s in self.services if s.name == ref.name and s.namespace == ref.namespace), None)
+            svc = self.service(ref.name, ref.namespace)
             if svc and svc.endpoints:
                 return self.workload(svc.endpoints[0])
         if ref is not None and ref.node:
@@ -148,6 +172,16 @@ class MeshView:
             if node and node.workloads:
                 return node.workloads[0]
         return next((w for n in self.nodes for w in n.workloads), None)
+
+    def fault_target(self, ref: MeshRef | None) -> str:
+        """What a fault on `ref` targets, as `meshlab fault add` takes it ('' when the cursor is on no such thing)."""
+        if ref is None:
+            return ""
+        if ref.kind == "service":
+            return f"{ref.name}.{ref.namespace}"
+        if ref.kind in ("workload", "node"):
+            return ref.name
+        return ref.node if ref.kind == "agent" else ""
 
     def node_for(self, ref: MeshRef | None) -> NodeView | None:
         """The node an action on `ref` means: its own, else the first."""

@@ -22,6 +22,7 @@ class LabSnapshot:
     config: dict[str, Any]
     events: list[dict[str, Any]] = field(default_factory=list)
     taken: float = 0.0
+    faults: dict[str, Any] = field(default_factory=dict)
 
     @property
     def mesh(self) -> MeshView:
@@ -35,4 +36,4 @@ class LabSnapshot:
 def take_snapshot(api: LabApi, events_since: float = 0.0) -> LabSnapshot:
     """Ask the lab for everything the main screen shows (blocking: run it in a thread)."""
     return LabSnapshot(api.nodes(), api.proxy_status(), api.traffic(), api.loads(), api.get_config(),
-                       api.events(events_since).get("events", []), time.time())
+                       api.events(events_since).get("events", []), time.time(), api.faults())

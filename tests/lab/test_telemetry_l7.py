@@ -92,3 +92,20 @@ async def test_rates_error_rate_and_percentiles_cover_the_last_interval(monkeypa
     assert 250 < second["p50"] <= 500  # the interval's requests only; the totals would give a p50 under 5 ms
     idle = (await view.snapshot(["127.0.0.1"]))["edges"][0]
     assert idle["rates"]["requestsPerSecond"] == 0 and idle["errorRate"] == pytest.approx(0.25)  # totals again
+
+
+def test_a_proxys_own_answers_count_in_the_edge_they_cut_short() -> None:
+    """A 50 % abort at the waypoint: Envoy says destination `unknown`; the edge to the one workload shows 50 %."""
+    t = L7Telemetry(io.StringIO())
+    requests(t, "waypoint", [(200, "", 5.0, 5)])
+    for _ in range(5):
+        t.record(RequestRecord("waypoint", source=PRODUCTPAGE, service_host=SERVICE, service_name="reviews",
+                               service_namespace="bookinfo", code=500, flags=["FI"], security="mutual_tls"))
+    edges = fold([t.render()])
+    assert list(edges) == [KEY]
+    assert edges[KEY].codes == {"200": 5, "500": 5} and edges[KEY].errors == 5
+    # with two destination workloads there is no telling which one an abort cut short: it stays apart
+    other = Peer("reviews-v3", "bookinfo", "reviews", "v3", "reviews", "v3")
+    t.record(RequestRecord("waypoint", source=PRODUCTPAGE, destination=other, service_host=SERVICE,
+                           service_name="reviews", service_namespace="bookinfo", code=200))
+    assert ("productpage-v1", "unknown", SERVICE) in fold([t.render()])

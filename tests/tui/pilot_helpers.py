@@ -55,3 +55,14 @@ async def seed_recorded_history(pilot: Pilot[Any], recording: dict[str, Any]) ->
         screen.history.add(edges_of(sample))
     screen.post_message(LabPolled(snapshot))
     await settle(pilot)
+
+
+async def wait_for_notice(pilot: Pilot[Any], *needles: str, timeout: float = 15.0) -> str:
+    """Wait until one notification (toast) says every needle; its text (toasts wrap, so the screen may split it)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        for n in list(pilot.app._notifications):
+            if all(needle in n.message for needle in needles):
+                return n.message
+        await pilot.pause(0.1)
+    raise AssertionError(f"no notification said {needles!r}; they were: {[n.message for n in pilot.app._notifications]}")

@@ -10,7 +10,7 @@ from typing import Any
 from lab.client import LabApiError
 
 RECORDED = Path(__file__).parent / "recorded"
-FROZEN_NOW = 1795777200.0  # 2026-11-27 11:00:00 UTC: about an hour after the recorded certificates were issued
+FROZEN_NOW = 1795780500.0  # 2026-11-27 11:55 UTC: minutes after the recording, its fault f1 still counting down
 
 
 def load_recording(name: str = "bookinfo") -> dict[str, Any]:
@@ -55,11 +55,40 @@ class RecordedLab:
 
     def set_mode(self, namespace: str, mode: str) -> dict[str, Any]:
         self.calls.append(("set_mode", (namespace, mode)))
-        if mode == "sidecar":
-            raise LabApiError(400, "mode 'sidecar' is not supported yet (sidecar mode arrives with the L7 proxies); "
-                                   "use ambient or none")
-        return {"namespace": namespace, "mode": mode, "previous": "none", "changed": True, "version": 9,
-                "synced": True}
+        previous = self.rec["nodes"]["namespaces"][namespace]["mode"]
+        if mode == "sidecar":  # as the lab answered a switch into sidecar mode under a load run
+            return {"namespace": namespace, "mode": mode, "previous": previous, "changed": True, "version": 9,
+                    "synced": True, "seconds": 9.213, "failedRequests": 9,
+                    "restarted": sorted(w for w, d in self.rec["nodes"]["workloads"].items()
+                                        if d["namespace"] == namespace)}
+        return {"namespace": namespace, "mode": mode, "previous": previous, "changed": mode != previous,
+                "version": 9, "synced": True, "restarted": [], "seconds": 0.7, "failedRequests": 0}
+
+    def set_waypoint(self, namespace: str, enabled: bool, service: str | None = None) -> dict[str, Any]:
+        self.calls.append(("set_waypoint", (namespace, enabled, service)))
+        name = f"{service}-waypoint" if service else "waypoint"
+        return {"waypoint": {"name": name, "namespace": namespace, "service": service, "node": "node-1",
+                             "address": "127.100.1.3", "identity": f"spiffe://cluster.local/ns/{namespace}/sa/{name}"},
+                "enabled": enabled, "changed": True, "version": 9, "synced": True}
+
+    def faults(self) -> dict[str, Any]:
+        return self.rec.get("faults") or {"faults": [], "version": 1}
+
+    def add_fault(self, kind: str, target: str | None = None, params: dict[str, Any] | None = None,
+                  ttl_seconds: float | None = None, toxicity: float | None = None,
+                  direction: str | None = None) -> dict[str, Any]:
+        self.calls.append(("add_fault", (kind, target, params, ttl_seconds, toxicity, direction)))
+        if target == "nowhere":
+            raise LabApiError(400, "target 'nowhere': no service, workload or node of that name (services: "
+                                   "details.bookinfo, productpage.bookinfo, ratings.bookinfo, reviews.bookinfo; ...)")
+        created = FROZEN_NOW
+        return {"id": "f9", "kind": kind, "targetText": target, "params": params or {}, "created": created,
+                "expires": None if ttl_seconds is None else created + ttl_seconds, "version": 9, "synced": True}
+
+    def remove_fault(self, fault_id: str | None = None, everything: bool = False) -> dict[str, Any]:
+        self.calls.append(("remove_fault", (fault_id, everything)))
+        ids = [f["id"] for f in self.faults()["faults"]] if everything else [fault_id]
+        return {"removed": ids, "errors": [], "version": 9}
 
     def apply(self, documents: list[tuple[str, str]]) -> dict[str, Any]:
         self.calls.append(("apply", documents))

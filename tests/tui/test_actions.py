@@ -3,19 +3,23 @@ confirmed by what changes on screen (mesh tree, service graph, load runs, mesh c
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from textual.widgets import Input, OptionList, TextArea
+from textual.widgets import Input, Label, OptionList, Select, TextArea
 
 from lab.client import LabClient
-from tests.tui.pilot_helpers import settle, wait_for_text, wait_until
+from tests.tui.pilot_helpers import settle, wait_for_notice, wait_for_text, wait_until
 from tests.tui.screen import screen_text
 from tui.actions import MAIN_ACTIONS
 from tui.app import MeshLabApp
 from tui.screens.access_logs import AccessLogs
+from tui.faultkinds import BY_NAME
 from tui.screens.config_editor import ConfigEditor
+from tui.screens.fault_dialog import FaultDialog
+from tui.screens.faults import Faults
 from tui.screens.help import HelpScreen
 from tui.screens.main import MainScreen
 from tui.screens.mode_dialog import ModeDialog
@@ -73,24 +77,138 @@ async def test_switch_mode_to_ambient_shows_in_the_tree_and_the_graph_turns_mtls
     assert client.nodes()["namespaces"]["bookinfo"]["mode"] == "ambient"
 
 
-async def test_switch_to_sidecar_shows_the_labs_refusal_in_the_dialog(tui_lab: str, client: LabClient) -> None:
+async def open_on_namespace(pilot, app: MeshLabApp, key: str) -> None:
+    """Press `key` once the first poll has put the cursor on something (actions then know their namespace)."""
+    await wait_for_text(pilot, "bookinfo  ")
+    await wait_until(pilot, lambda: isinstance(app.screen, MainScreen) and app.screen.mesh is not None, "a poll")
+    await pilot.press(key)
+    await settle(pilot)
+
+
+async def test_switch_to_sidecar_says_what_restarted_and_what_failed(tui_lab: str, client: LabClient) -> None:
+    set_mode(client, "ambient")
     app = app_on(tui_lab)
     async with app.run_test(size=SIZE) as pilot:
-        await wait_for_text(pilot, "bookinfo  ")
-        for _ in range(50):  # `m` acts once the first poll has selected a namespace
-            await pilot.press("m")
-            await settle(pilot)
-            if isinstance(app.screen, ModeDialog):
-                break
-            await pilot.pause(0.2)
+        await open_on_namespace(pilot, app, "m")
         dialog = app.screen
         assert isinstance(dialog, ModeDialog)
-        dialog.query_one(OptionList).highlighted = 2  # sidecar
+        assert dialog.query_one(OptionList).highlighted == 1  # sidecar, suggested from ambient
         await pilot.press("enter")
-        await wait_for_text(pilot, "cannot switch to sidecar", "not supported yet")
-        assert app.screen is dialog  # the dialog stays, with the reason in it
+        await wait_for_text(pilot, "switching bookinfo to sidecar")
+        await wait_until(pilot, lambda: isinstance(app.screen, MainScreen), "the switch", timeout=60)
+        await wait_for_notice(pilot, "ambient → sidecar", "restarted 6 workloads", "during the switch")
+        await wait_for_text(pilot, "bookinfo  sidecar", "sidecar-productpage-v1", "sidecar:productpage-v1", timeout=20)
+    assert client.nodes()["namespaces"]["bookinfo"]["mode"] == "sidecar"
+    set_mode(client, "ambient")
+
+
+async def test_waypoint_key_deploys_and_removes_the_namespaces_waypoint(tui_lab: str, client: LabClient) -> None:
+    set_mode(client, "ambient")
+    app = app_on(tui_lab)
+    async with app.run_test(size=SIZE) as pilot:
+        await open_on_namespace(pilot, app, "w")
+        await wait_for_notice(pilot, "enabling the waypoint of namespace bookinfo")
+        await wait_for_notice(pilot, "waypoint bookinfo/waypoint enabled on", timeout=30)
+        await wait_for_text(pilot, "bookinfo  ambient +waypoint", "waypoint-bookinfo-waypoint", "waypoint:bookinfo/")
+        assert client.waypoints()["waypoints"]
+        await pilot.press("w")
+        await wait_for_notice(pilot, "waypoint bookinfo/waypoint disabled", timeout=30)
+        await wait_for_text(pilot, "waypoint-bookinfo-waypoint", absent=True, timeout=20)
+    assert client.waypoints()["waypoints"] == []
+
+
+async def add_fault_from_the_panel(pilot, app: MeshLabApp, kind: str, target: str, params: dict[str, str],
+                                   ttl: str = "") -> None:
+    """f, a, fill the form as a person would (the kind picked in its list), enter."""
+    await pilot.press("f")
+    await wait_until(pilot, lambda: isinstance(app.screen, Faults) and app.screen.loaded, "the faults panel")
+    await pilot.press("a")
+    await wait_until(pilot, lambda: isinstance(app.screen, FaultDialog), "the fault form")
+    form = app.screen
+    form.query_one("#kind", Select).value = kind
+    await settle(pilot)
+    form.query_one("#target", Input).value = target
+    slots = {str(form.query_one(f"#param-name-{i}", Label).content).rstrip(" *"): i
+             for i in range(len(BY_NAME[kind].params))}
+    for name, value in params.items():
+        form.query_one(f"#param-{slots[name]}", Input).value = value
+    form.query_one("#ttl", Input).value = ttl
+    form.query_one("#target", Input).focus()
+    await pilot.press("enter")
+
+
+def countdown_on_screen(app: MeshLabApp) -> int:
+    """The seconds the faults panel says the first fault has left."""
+    found = re.search(r"(\d+)m(\d\d)s", screen_text(app))
+    assert found, screen_text(app)
+    return int(found.group(1)) * 60 + int(found.group(2))
+
+
+async def test_faults_panel_adds_a_fault_with_a_ttl_counts_down_and_removes_it(tui_lab: str,
+                                                                                client: LabClient) -> None:
+    client.remove_fault(everything=True)
+    app = app_on(tui_lab)
+    async with app.run_test(size=SIZE) as pilot:
+        await wait_for_text(pilot, "node-1")
+        await add_fault_from_the_panel(pilot, app, "latency", "nowhere", {"latency": "100"})
+        await wait_for_text(pilot, "cannot add", "target 'nowhere'")  # the lab's refusal, in the form
+        assert isinstance(app.screen, FaultDialog)
+        app.screen.query_one("#target", Input).value = "details"
+        app.screen.query_one("#ttl", Input).value = "soon"
+        await pilot.press("enter")
+        await wait_for_text(pilot, "ttl: want a duration")
+        app.screen.query_one("#ttl", Input).value = "2m"
+        await pilot.press("enter")
+        await wait_until(pilot, lambda: isinstance(app.screen, Faults), "the form to close")
+        (fault,) = client.faults()["faults"]
+        assert (fault["kind"], fault["targetText"], fault["params"]["latency"]) == ("latency", "details.bookinfo", 100)
+        await wait_for_text(pilot, fault["id"], "details.bookinfo", "latency=100")
+        first = countdown_on_screen(app)
+        await pilot.pause(2.5)
+        assert 0 < countdown_on_screen(app) < first <= 120  # the countdown moves
         await pilot.press("escape")
-        assert isinstance(app.screen, MainScreen)
+        await wait_for_text(pilot, f"⚡ {fault['id']} latency details.bookinfo")  # beside the traffic it affects
+        await pilot.press("f")
+        await wait_until(pilot, lambda: isinstance(app.screen, Faults) and app.screen.loaded, "the faults panel")
+        await pilot.press("delete")
+        await wait_for_notice(pilot, f"removed {fault['id']}")
+        await wait_for_text(pilot, "no live faults")
+    assert client.faults()["faults"] == []
+
+
+async def test_fifty_percent_abort_on_ratings_shows_in_the_reviews_to_ratings_error_rate(
+        tui_lab: str, client: LabClient) -> None:
+    set_mode(client, "ambient")
+    client.remove_fault(everything=True)
+    client.set_waypoint("bookinfo", True)
+    run = client.start_load("productpage:9080/productpage", qps=30, duration="90s")
+    app = app_on(tui_lab)
+    try:
+        async with app.run_test(size=SIZE) as pilot:
+            await wait_for_text(pilot, "bookinfo  ambient +waypoint")
+            await add_fault_from_the_panel(pilot, app, "abort", "ratings", {"status": "503", "percentage": "50"},
+                                           ttl="2m")
+            await wait_until(pilot, lambda: isinstance(app.screen, Faults), "the form to close")
+            await pilot.press("escape")
+            assert isinstance(app.screen, MainScreen)
+            screen = app.screen
+
+            def reviews_to_ratings() -> list[float]:
+                edges = [e for e in edges_now(app) if e.source.startswith("reviews-") and e.destination == "ratings-v1"]
+                return [screen.history.window(e).error_rate for e in edges
+                        if screen.history.window(e).requests >= 40]
+
+            # the aborted requests reach no workload: the graph folds them into reviews-v2/v3 → ratings-v1
+            await wait_until(pilot, lambda: len(reviews_to_ratings()) == 2 and all(
+                0.3 <= r <= 0.7 for r in reviews_to_ratings()), "about 50% errors on reviews → ratings", timeout=40)
+            text = screen_text(app)
+            rows = [ln for ln in text.splitlines() if "─▶ ratings-v1" in ln]
+            assert rows and all("503" in ln and "%" in ln for ln in rows), text
+            print(f"\nreviews → ratings error rate over the last 10 s: {reviews_to_ratings()}")
+    finally:
+        client.stop_load(run["id"])
+        client.remove_fault(everything=True)
+        client.set_waypoint("bookinfo", False)
 
 
 async def test_load_run_starts_from_the_dialog_and_stops_with_x(tui_lab: str, client: LabClient) -> None:
@@ -228,7 +346,7 @@ async def test_events_faults_help_and_palette(tui_lab: str) -> None:
         await wait_for_text(pilot, "control plane started", "mode")
         await pilot.press("escape")
         await pilot.press("f")
-        await wait_for_text(pilot, "not available in this version", "reset_peer", "partition")
+        await wait_for_text(pilot, "live faults", "reset_peer", "partition", "expire_cert")
         await pilot.press("escape")
         for key in ("f1", "question_mark"):
             await pilot.press(key)

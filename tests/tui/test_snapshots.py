@@ -50,9 +50,10 @@ def after(recording: dict[str, Any], *keys: str, still: bool = True) -> Any:
     pytest.param(("g",), id="access_logs"),
     pytest.param(("u",), id="resource_cost"),
     pytest.param(("f",), id="faults"),
+    pytest.param(("f", "a"), id="fault_dialog"),
     pytest.param(("v",), id="events"),
     pytest.param(("l",), id="load_dialog"),
-    pytest.param(("m", "down", "enter"), id="mode_dialog_sidecar_refused"),
+    pytest.param(("m",), id="mode_dialog"),
 ])
 def test_detail_screens(snap_compare: Any, recorded_app: MeshLabApp, recording: dict[str, Any],
                         keys: tuple[str, ...]) -> None:

@@ -16,6 +16,7 @@ from textual.widgets import Footer, Header
 from lab.errors import LabError
 from tui.actions import MAIN_ACTIONS, bindings
 from tui.connection import LabConnection, describe
+from tui.faultkinds import countdown, live_faults
 from tui.mesh import MeshRef, MeshView
 from tui.messages import LabChanged, LabPolled, LabUnavailable, MeshSelected
 from tui.screens.access_logs import AccessLogs
@@ -26,9 +27,10 @@ from tui.screens.delete_dialog import DeleteConfigDialog
 from tui.screens.events import LabEvents
 from tui.screens.faults import Faults
 from tui.screens.load_dialog import LoadDialog
-from tui.screens.mode_dialog import ModeDialog
+from tui.screens.mode_dialog import WARNING, ModeDialog
 from tui.screens.resource_cost import ResourceCost
 from tui.screens.workload_detail import WorkloadDetail
+from tui.quick_actions import WarmUp, WaypointToggle, warm_up, waypoint_summary, waypoint_toggle
 from tui.snapshot import LabSnapshot, take_snapshot
 from tui.traffic import RateHistory
 from tui.widgets.lab_banner import LabBanner
@@ -57,11 +59,12 @@ class MainScreen(Screen[None]):
     selected: reactive[MeshRef | None] = reactive(None)
 
     def __init__(self, connection: LabConnection, poll_seconds: float = 1.0,
-                 clock: Callable[[], float] = time.time) -> None:
+                 clock: Callable[[], float] = time.time, warm: WarmUp | None = None) -> None:
         super().__init__()
         self.connection = connection
         self.poll_seconds = poll_seconds
         self.clock = clock
+        self.warm = warm
         self.history = RateHistory()
         self.snapshot: LabSnapshot | None = None
         self.mesh: MeshView | None = None
@@ -93,6 +96,19 @@ class MainScreen(Screen[None]):
         if self.poll_seconds > 0:
             self.set_interval(self.poll_seconds, self.poll)
         self.query_one(MeshTree).focus()
+        if self.warm is not None:
+            self._warm_up(self.warm)
+
+    @work(exclusive=True, group="warm-up")
+    async def _warm_up(self, plan: WarmUp) -> None:
+        """Mesh an idle lab and start a bounded load run, so the graph has traffic within seconds."""
+        try:
+            done = await self.connection.call(lambda api: warm_up(api, plan))
+        except LabError as e:
+            self.notify(describe(e), title="could not start traffic", severity="error")
+            return
+        if done:
+            self.post_message(LabChanged("\n".join(done)))
 
     # -- polling ----------------------------------------------------------------
     def poll(self) -> None:
@@ -127,11 +143,22 @@ class MainScreen(Screen[None]):
         self.history.add(edges)
         graph = self.query_one(ServiceGraph)
         graph.hint = traffic_hint(mesh)
+        graph.waypoints = frozenset(w.name for w in mesh.waypoints)
         graph.edges = tuple(edges)
         self.query_one(RateSparklines).show()
         self.query_one(ProxyStatus).agents = tuple(snap.proxy_status.get("agents", []))
         self.query_one(LoadRuns).runs = tuple(snap.loads.get("runs", []))
         self.query_one(MeshConfig).items = tuple(snap.config.get("items", []))
+        self.show_faults(snap)
+
+    def show_faults(self, snap: LabSnapshot) -> None:
+        """The live faults under the service graph, with their countdown, so their effect can be read beside them."""
+        now = self.clock()
+        faults = live_faults(snap.faults)
+        graph = self.query_one(ServiceGraph)
+        graph.border_subtitle = "⚡ " + " · ".join(
+            f"{f.id} {f.short}" + (f" {countdown(f.left(now))}" if f.expires is not None else "")
+            for f in faults) if faults else ""
 
     def on_lab_unavailable(self, message: LabUnavailable) -> None:
         self.query_one(LabBanner).reason = message.reason
@@ -140,7 +167,8 @@ class MainScreen(Screen[None]):
         self.selected = message.ref
 
     def on_lab_changed(self, message: LabChanged) -> None:
-        self.notify(message.summary, title="lab changed")
+        severity = "warning" if WARNING in message.summary else "information"
+        self.notify(message.summary, title="lab changed", timeout=10, severity=severity)
         self.poll()
 
     def _changed(self, summary: str | None) -> None:
@@ -162,6 +190,23 @@ class MainScreen(Screen[None]):
         ns = mesh.namespace_for(self.selected) if mesh else None
         if ns is not None:
             self.app.push_screen(ModeDialog(self.connection, ns.name, ns.mode), self._changed)
+
+    def action_toggle_waypoint(self) -> None:
+        mesh = self._need_mesh()
+        toggle = waypoint_toggle(mesh, self.selected) if mesh else None
+        if toggle is not None:
+            self.notify(toggle.doing, title="waypoint")
+            self._toggle_waypoint(toggle)
+
+    @work(exclusive=True, group="waypoint")
+    async def _toggle_waypoint(self, toggle: WaypointToggle) -> None:
+        try:
+            answer = await self.connection.call(
+                lambda api: api.set_waypoint(toggle.namespace, toggle.enable, toggle.service))
+        except LabError as e:
+            self.notify(describe(e), title=f"waypoint of {toggle.what}", severity="error")
+            return
+        self.post_message(LabChanged(waypoint_summary(answer)))
 
     def action_start_load(self) -> None:
         self.app.push_screen(LoadDialog(self.connection), self._changed)
@@ -218,4 +263,5 @@ class MainScreen(Screen[None]):
         self.app.push_screen(LabEvents(self.events, self.clock))
 
     def action_show_faults(self) -> None:
-        self.app.push_screen(Faults())
+        target = self.mesh.fault_target(self.selected) if self.mesh else ""
+        self.app.push_screen(Faults(self.connection, target, self.poll_seconds, self.clock))

@@ -18,22 +18,35 @@ from tui.connection import LabConnection, describe
 
 MODE_HELP = {
     "ambient": "ambient — a ztunnel per node carries the traffic over mTLS (HBONE)",
+    "sidecar": "sidecar — a proxy beside every workload (the workloads restart)",
     "none": "none — plain traffic, workloads connect directly",
-    "sidecar": "sidecar — a proxy beside every workload",
 }
+WARNING = "⚠ "  # marks a line of a summary that reports a failure (the notification is then a warning)
+NEXT_MODE = {"none": "ambient", "ambient": "sidecar", "sidecar": "ambient"}  # the one the dialog suggests
 
 
 def mode_summary(result: dict[str, Any]) -> str:
-    """What a mode switch did, in one line."""
+    """What a mode switch did: the modes, how long, which workloads restarted, how many requests failed."""
     ns, mode = result.get("namespace"), result.get("mode")
     if not result.get("changed"):
         return f"namespace {ns} is already in mode {mode}"
     synced = "agents synced" if result.get("synced") else "agents still syncing"
-    return f"namespace {ns}: mode {result.get('previous')} → {mode} (config v{result.get('version')}, {synced})"
+    took = f" in {float(result['seconds']):.1f}s" if result.get("seconds") is not None else ""
+    lines = [f"namespace {ns}: mode {result.get('previous')} → {mode}{took} (config v{result.get('version')}, "
+             f"{synced})"]
+    restarted = list(result.get("restarted") or [])
+    if restarted:
+        lines.append(f"restarted {len(restarted)} workload{'s' if len(restarted) != 1 else ''}: "
+                     + ", ".join(restarted))
+    if result.get("failedRequests") is not None:
+        failed = int(result["failedRequests"])
+        lines.append(f"{WARNING}{failed} request{'s' if failed != 1 else ''} failed during the switch" if failed
+                     else "no request failed during the switch")
+    return "\n".join(lines)
 
 
 class ModeDialog(ModalScreen[str | None]):
-    """Pick a mode for one namespace; the lab's refusal (e.g. sidecar not available yet) is shown here."""
+    """Pick a mode for one namespace; the lab's refusal is shown here, what changed in a notification."""
 
     BINDINGS = [Binding("escape", "dismiss(None)", "Cancel")]
 
@@ -53,7 +66,7 @@ class ModeDialog(ModalScreen[str | None]):
             yield Label("enter switch · escape cancel", classes="hint")
 
     def on_mount(self) -> None:
-        suggested = "none" if self.current == "ambient" else "ambient"
+        suggested = NEXT_MODE.get(self.current, "ambient")
         self.query_one(OptionList).highlighted = list(MODE_HELP).index(suggested)
 
     @on(OptionList.OptionSelected, "#modes")
@@ -64,7 +77,8 @@ class ModeDialog(ModalScreen[str | None]):
     async def switch(self, mode: str) -> None:
         """Ask the lab to move the namespace to `mode`; close with what changed, or show why not."""
         error = self.query_one("#error", Static)
-        error.update(f"switching {self.namespace} to {mode} …")
+        slow = " (every workload restarts with a sidecar: this takes a few seconds)" if mode == "sidecar" else ""
+        error.update(f"switching {self.namespace} to {mode} …{slow}")
         try:
             result = await self.connection.call(lambda api: api.set_mode(self.namespace, mode))
         except LabError as e:

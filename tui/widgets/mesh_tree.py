@@ -30,19 +30,23 @@ def workload_label(w: WorkloadView) -> Text:
 
 
 def agent_label(a: AgentView) -> Text:
-    return _process_label(a.name, a.state, a.restarts, "agent")
+    """'ztunnel agent'; a waypoint's or a sidecar's process name says what it is already."""
+    return _process_label(a.name, a.state, a.restarts, "" if a.role and a.name.startswith(a.role + "-") else "agent")
 
 
 def namespace_label(ns: NamespaceView) -> Text:
     text = Text.assemble(ns.name, "  ", (ns.mode, MODE_STYLE.get(ns.mode, "")))
     if ns.waypoint:
-        text.append(" +waypoint", "dim")
+        text.append(" +waypoint", "bold magenta")
     return text
 
 
 def service_label(s: ServiceView) -> Text:
     ports = ",".join(str(p) for p in s.ports)
-    return Text.assemble(s.name, (f" :{ports}", "dim"), (f" ×{len(s.endpoints)}", "dim"))
+    text = Text.assemble(s.name, (f" :{ports}", "dim"), (f" ×{len(s.endpoints)}", "dim"))
+    if s.waypoint is not None:
+        text.append(" +waypoint", "bold magenta")
+    return text
 
 
 class MeshTree(Tree[MeshRef]):
@@ -73,6 +77,8 @@ class MeshTree(Tree[MeshRef]):
                 self._relabel(MeshRef("agent", a.name, node=n.name), agent_label(a))
         for ns in mesh.namespaces:
             self._relabel(MeshRef("namespace", ns.name, ns.name), namespace_label(ns))
+        for svc in mesh.services:
+            self._relabel(MeshRef("service", svc.name, svc.namespace), service_label(svc))
 
     def _relabel(self, ref: MeshRef, label: Text) -> None:
         node = self._by_ref.get(ref)

@@ -13,6 +13,12 @@ from textual.widget import Widget
 STATUS_STYLE = {"SYNCED": "green", "STALE": "yellow", "NACKED": "bold red", "DISCONNECTED": "bold red"}
 
 
+def short_agent(agent: dict[str, Any]) -> str:
+    """An agent's name in a narrow panel: its node for a ztunnel, else what it serves (bookinfo/waypoint)."""
+    name = str(agent.get("agent", "?"))
+    return str(agent.get("node")) if name == "ztunnel" else name.partition(":")[2] or name
+
+
 class ProxyStatus(Widget):
     """One row per agent: agent/node, status, acked/latest version."""
 
@@ -28,7 +34,7 @@ class ProxyStatus(Widget):
         table.add_column("ver", justify="right", no_wrap=True)
         for a in self.agents:
             status = str(a.get("status", "?"))
-            name = f"{a.get('agent')}/{a.get('node')}" if wide else str(a.get("node"))
+            name = f"{a.get('agent')}/{a.get('node')}" if wide else short_agent(a)
             table.add_row(name, Text(status, style=STATUS_STYLE.get(status, "yellow")),
                           f"{a.get('acked')}/{a.get('latest')}")
             if a.get("nackError"):
