@@ -190,13 +190,15 @@ def stunnel_binary() -> str | None:
     return shutil.which("stunnel4") or shutil.which("stunnel")
 
 
-def _start_stunnel_pair(stack: ExitStack, certs: Path, sink_port: int) -> tuple[list[int], int]:
+def _start_stunnel_pair(stack: ExitStack, certs: Path, sink_port: int,
+                        sink_host: str = "127.0.0.1") -> tuple[list[int], int]:
+    """stunnel in server and client mode (mTLS 1.3) in front of the sink; (server pid, client pid), entry port."""
     binary = stunnel_binary()
     assert binary is not None
     server_port, client_port = _free_port(), _free_port()
     common = ("foreground = yes\npid =\ndebug = 3\nsocket = l:TCP_NODELAY=1\nsocket = r:TCP_NODELAY=1\n")
     sides = {
-        "server": (f"[dest]\naccept = 127.0.0.1:{server_port}\nconnect = 127.0.0.1:{sink_port}\n"
+        "server": (f"[dest]\naccept = 127.0.0.1:{server_port}\nconnect = {sink_host}:{sink_port}\n"
                    f"cert = {certs}/dest.pem\nkey = {certs}/dest.key\n", server_port),
         "client": (f"[source]\nclient = yes\naccept = 127.0.0.1:{client_port}\nconnect = 127.0.0.1:{server_port}\n"
                    f"cert = {certs}/source.pem\nkey = {certs}/source.key\n", client_port),
@@ -339,7 +341,7 @@ def run_l4_bench(duration_s: float = 5.0, sizes: tuple[int, ...] = (64, 4096),
                  paths: tuple[str, ...] = ("direct", "ztunnel", "hbone", "stunnel")) -> dict[str, Any]:
     """Measure every path in one run; see the module docstring. Returns a dict (`format_table` prints it)."""
     result: dict[str, Any] = {
-        "duration_s": duration_s, "cpus": os.cpu_count(), "python": sys.version.split()[0],
+        "suite": "l4", "duration_s": duration_s, "cpus": os.cpu_count(), "python": sys.version.split()[0],
         "openssl": ssl.OPENSSL_VERSION, "loadavg_before": _loadavg(), "paths": {}}
     latency_s = max(0.5, duration_s / 4)
     with ExitStack() as stack:

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from lab import image, orchestrator
+from lab.bench.cli import add_arguments as bench_arguments
 from lab.cli import render
 from lab.cli import faultverbs, scenarioverbs
 from lab.cli.meshverbs import add_verbs
@@ -142,13 +143,9 @@ def cmd_logs(args: argparse.Namespace) -> int:
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
-    from lab.bench import l4
+    from lab.bench.cli import cmd_bench as run_bench
 
-    result = l4.run_l4_bench(args.duration)
-    if args.output:
-        Path(args.output).write_text(json.dumps(result, indent=2))
-    emit(args, result, l4.format_table(result) + (f"\nwrote {args.output}" if args.output else ""))
-    return 0
+    return run_bench(args)
 
 
 def cmd_tui(args: argparse.Namespace) -> int:
@@ -216,10 +213,8 @@ def build_parser() -> argparse.ArgumentParser:
     faultverbs.add_verbs(verb, pick_lab)
     scenarioverbs.add_verbs(verb)
 
-    p = verb("bench", cmd_bench, "measure the data path against C baselines, in one run on this machine")
-    p.add_argument("suite", choices=["l4"], help="l4: direct vs ztunnel (HBONE) pair vs stunnel mTLS pair")
-    p.add_argument("--duration", type=float, default=5.0, help="seconds of bulk transfer per path")
-    p.add_argument("-o", "--output", help="also write the JSON result to this file")
+    p = verb("bench", cmd_bench, "measure the mesh's paths and costs against C baselines, in one run on this machine")
+    bench_arguments(p)
     image.add_verb(verb)
 
     p = verb("tui", cmd_tui, "open the terminal UI on a running lab", json_flag=False)
