@@ -113,7 +113,42 @@ def docker_node_address(subnet: str, index: int) -> str:
 
 def docker_workload_address(subnet: str, slot: int) -> str:
     """The `slot`-th (0-based, lab-wide) workload on a docker node."""
+    if DOCKER_FIRST_WORKLOAD_HOST + slot >= DOCKER_FIRST_SIDECAR_HOST:
+        raise LabError(f"too many workloads on the docker nodes of one lab (at most "
+                       f"{DOCKER_FIRST_SIDECAR_HOST - DOCKER_FIRST_WORKLOAD_HOST})")
     return _docker_host(subnet, DOCKER_FIRST_WORKLOAD_HOST + slot)
+
+
+# The L7 proxies of docker nodes live on the lab network too (secondary addresses of their node's eth0):
+# the sidecar of the k-th docker workload at `.<128+k>` (its admin, metrics and readiness ports), the
+# lab's waypoints at `.224`-`.253`. A sidecar's capture ports are its own (every workload of a node shares
+# the container's network namespace): the s-th workload of a node gets 15101+10s (outbound, its 15001)
+# and 15106+10s (inbound, its 15006).
+DOCKER_FIRST_SIDECAR_HOST = 128
+DOCKER_FIRST_WAYPOINT_HOST, DOCKER_LAST_WAYPOINT_HOST = 224, 253
+SIDECAR_CAPTURE_BASE, SIDECAR_CAPTURE_STEP, SIDECAR_CAPTURE_SLOTS = 15100, 10, 90
+
+
+def docker_sidecar_address(subnet: str, slot: int) -> str:
+    """The address of the sidecar of the `slot`-th (lab-wide) docker workload."""
+    return _docker_host(subnet, DOCKER_FIRST_SIDECAR_HOST + slot)
+
+
+def docker_waypoint_address(subnet: str, slot: int) -> str:
+    """The address of the `slot`-th waypoint of the lab's docker nodes."""
+    if DOCKER_FIRST_WAYPOINT_HOST + slot > DOCKER_LAST_WAYPOINT_HOST:
+        raise LabError(f"too many waypoints on the docker nodes of one lab (at most "
+                       f"{DOCKER_LAST_WAYPOINT_HOST - DOCKER_FIRST_WAYPOINT_HOST + 1})")
+    return _docker_host(subnet, DOCKER_FIRST_WAYPOINT_HOST + slot)
+
+
+def sidecar_capture_ports(slot: int) -> tuple[int, int]:
+    """(outbound, inbound) ports the sidecar of the `slot`-th workload of a node is sent its traffic on."""
+    if slot >= SIDECAR_CAPTURE_SLOTS:
+        raise LabError(f"too many sidecar workloads on one node (at most {SIDECAR_CAPTURE_SLOTS} with "
+                       "transparent capture)")
+    base = SIDECAR_CAPTURE_BASE + SIDECAR_CAPTURE_STEP * slot
+    return base + 1, base + 6
 
 
 def _docker_host(subnet: str, host: int) -> str:

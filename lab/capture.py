@@ -20,8 +20,18 @@ decide where that goes (modelled on Istio's):
 atomically per table and hooks the chains once; an empty spec unhooks and deletes the chains, so
 `mode none` leaves nothing. `install` runs that script on a node through its provider.
 
-Sidecar namespaces (not wired yet): `SidecarCapture` entries redirect one workload's outbound traffic to
-its own sidecar's port and its inbound traffic to the sidecar's inbound port (`sidecar_rules`).
+* sidecar namespaces (as Istio's injected init container does it, per pod): TCP from a sidecar workload's
+  address to anything but itself → REDIRECT to *its* sidecar's outbound port, TCP to its ports → its
+  sidecar's inbound port. Every workload of a node shares the container's network namespace, so each
+  sidecar has ports of its own (`lab.addressing.sidecar_capture_ports`: 15101/15106, 15111/15116, ...)
+  and binds them on the wildcard address (REDIRECT sends to 127.0.0.1 from OUTPUT, to eth0's primary
+  address from PREROUTING). Its own upstream sockets carry the mark, like the ztunnel's.
+
+Every outbound rule comes before every inbound rule: a sidecar workload calling another workload of its
+node by address must reach its own sidecar first, not the other one's inbound side.
+
+An L7 proxy of a docker node (a waypoint, a sidecar) has an address of the lab network of its own, a /32
+on the node's eth0 like the workloads' (`set_proxy_address` adds or removes one live).
 """
 
 from __future__ import annotations
@@ -80,12 +90,25 @@ class CaptureSpec:
 
 
 def capture_spec(state: dict[str, Any], node: str) -> CaptureSpec:
-    """The capture of `node` for the lab's current state (its workloads in ambient namespaces)."""
+    """The capture of `node` for the lab's current state (its workloads in ambient and sidecar namespaces)."""
     modes = {ns: v.get("mode", "none") for ns, v in state["namespaces"].items()}
-    ambient = tuple(CapturedWorkload(name, w["address"], tuple(int(p) for p in w.get("ports") or ()))
-                    for name, w in state["workloads"].items()
-                    if w["node"] == node and modes.get(w["namespace"]) == "ambient")
-    return CaptureSpec(node, ambient)
+    mine = [(name, w) for name, w in state["workloads"].items() if w["node"] == node]
+    ambient = tuple(CapturedWorkload(name, w["address"], _ports(w)) for name, w in mine
+                    if modes.get(w["namespace"]) == "ambient")
+    sidecars = []
+    for name, w in mine:
+        if modes.get(w["namespace"]) != "sidecar":
+            continue
+        ports = w.get("sidecarPorts")
+        if not ports:
+            raise ProvisionError(f"workload {name}: no sidecar capture ports in the lab state "
+                                 f"(written by an older meshlab?): `meshlab up` the lab again")
+        sidecars.append(SidecarCapture(name, w["address"], _ports(w), int(ports["outbound"]), int(ports["inbound"])))
+    return CaptureSpec(node, ambient, tuple(sidecars))
+
+
+def _ports(w: dict[str, Any]) -> tuple[int, ...]:
+    return tuple(int(p) for p in w.get("ports") or ())
 
 
 def node_capture(state: dict[str, Any], node: str) -> str:
@@ -108,18 +131,24 @@ def _rule(chain: str, *words: str) -> str:
     return " ".join(f'"{w}"' if " " in w else w for w in ("-A", chain, *words))
 
 
-def ambient_rules(w: CapturedWorkload, service_cidr: str) -> list[str]:
+Rules = tuple[list[str], list[str]]  # (outbound rules, inbound rules)
+
+
+def _inbound(address: str, ports: tuple[int, ...], comment: str, to_port: int) -> list[str]:
+    """TCP to `address`:each port, from this node (OUTPUT) and from others (PREROUTING) → `to_port`."""
+    return [_rule(chain, "-d", f"{address}/32", "-p", "tcp", "--dport", str(port), *_comment(comment),
+                  "-j", "REDIRECT", "--to-ports", str(to_port))
+            for port in ports for chain in (OUTPUT_CHAIN, PREROUTING_CHAIN)]
+
+
+def ambient_rules(w: CapturedWorkload, service_cidr: str) -> Rules:
     """Outbound to services → the ztunnel's 15001; plaintext to the workload's ports → its 15006."""
     out = [_rule(OUTPUT_CHAIN, "-s", f"{w.address}/32", "-d", service_cidr, "-p", "tcp",
                  *_comment(f"outbound of {w.name}"), "-j", "REDIRECT", "--to-ports", str(OUTBOUND_PORT))]
-    for port in w.ports:
-        for chain in (OUTPUT_CHAIN, PREROUTING_CHAIN):
-            out.append(_rule(chain, "-d", f"{w.address}/32", "-p", "tcp", "--dport", str(port),
-                             *_comment(f"inbound of {w.name}"), "-j", "REDIRECT", "--to-ports", str(INBOUND_PORT)))
-    return out
+    return out, _inbound(w.address, w.ports, f"inbound of {w.name}", INBOUND_PORT)
 
 
-def sidecar_rules(s: SidecarCapture, service_cidr: str) -> list[str]:
+def sidecar_rules(s: SidecarCapture) -> Rules:
     """A sidecar workload: every outbound TCP (but to itself) → its sidecar, inbound to its ports → the sidecar.
 
     The sidecar's own upstream sockets carry PROXY_MARK, skipped before these rules, like the ztunnel's.
@@ -127,12 +156,7 @@ def sidecar_rules(s: SidecarCapture, service_cidr: str) -> list[str]:
     out = [_rule(OUTPUT_CHAIN, "-s", f"{s.address}/32", "!", "-d", f"{s.address}/32", "-p", "tcp",
                  *_comment(f"outbound of {s.name} to its sidecar"), "-j", "REDIRECT", "--to-ports",
                  str(s.outbound_port))]
-    for port in s.ports:
-        for chain in (OUTPUT_CHAIN, PREROUTING_CHAIN):
-            out.append(_rule(chain, "-d", f"{s.address}/32", "-p", "tcp", "--dport", str(port),
-                             *_comment(f"inbound of {s.name} to its sidecar"), "-j", "REDIRECT", "--to-ports",
-                             str(s.inbound_port)))
-    return out
+    return out, _inbound(s.address, s.ports, f"inbound of {s.name} to its sidecar", s.inbound_port)
 
 
 def rules(spec: CaptureSpec) -> str:
@@ -145,11 +169,10 @@ def rules(spec: CaptureSpec) -> str:
                   _rule(OUTPUT_CHAIN, "-p", "tcp", "--dport", str(HBONE_PORT), *_comment("HBONE"), "-j", "RETURN"),
                   _rule(PREROUTING_CHAIN, "-p", "tcp", "--dport", str(HBONE_PORT), *_comment("HBONE"),
                         "-j", "RETURN")]
-        # Sidecars first: a workload is in one namespace, but a sidecar rule is the more specific one.
-        for s in spec.sidecars:
-            lines += sidecar_rules(s, spec.service_cidr)
-        for w in spec.ambient:
-            lines += ambient_rules(w, spec.service_cidr)
+        # Every outbound rule before every inbound one (a caller's own proxy first); sidecars before ambient.
+        parts = [sidecar_rules(s) for s in spec.sidecars] + [ambient_rules(w, spec.service_cidr)
+                                                              for w in spec.ambient]
+        lines += [rule for out, _ in parts for rule in out] + [rule for _, inbound in parts for rule in inbound]
     lines.append("COMMIT")
     return "\n".join(lines) + "\n"
 
@@ -173,6 +196,18 @@ async def install(provider: Any, node: str, spec: CaptureSpec) -> None:
     done = await provider.exec(node, ["sh", "-c", script(spec)], timeout=20)
     if done.exit_code != 0:
         raise ProvisionError(f"node {node}: cannot write its capture rules: {(done.stderr or done.stdout).strip()}")
+
+
+async def set_proxy_address(provider: Any, node: str, address: str, present: bool = True) -> None:
+    """Add (or remove) an L7 proxy's address on a docker node's eth0, a /32 like the workloads'; idempotent."""
+    has = f"ip -4 -o addr show dev eth0 | grep -q ' {address}/'"
+    step = (f"{has} || ip addr add {address}/32 dev eth0" if present
+            else f"! {has} || ip addr del {address}/32 dev eth0")
+    done = await provider.exec(node, ["sh", "-c", step], timeout=20)
+    if done.exit_code != 0:
+        what = "add" if present else "remove"
+        raise ProvisionError(f"node {node}: cannot {what} the proxy address {address}: "
+                             f"{(done.stderr or done.stdout).strip()}")
 
 
 async def install_all(lab: Any, state: dict[str, Any]) -> None:

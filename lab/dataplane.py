@@ -4,7 +4,8 @@ Waypoints (DESIGN §4) are per namespace (named `waypoint`, as `istioctl waypoin
 it) or per service (`<service>-waypoint`). Each is recorded in `state["waypoints"]` under
 `namespace/name` with the node it runs on, its address and its identity
 (`spiffe://<td>/ns/<ns>/sa/<name>`); the address is allocated once and kept, so enabling a
-second waypoint never moves a running one. A service uses its own waypoint if it has one,
+second waypoint never moves a running one. On a docker node it is an address of the lab network,
+added to the node's eth0 (at `up`, or live when enabled; `lab.capture.set_proxy_address`). A service uses its own waypoint if it has one,
 else its namespace's — and only while its namespace is in ambient mode (sidecars do their
 own L7 work).
 
@@ -17,7 +18,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from lab.addressing import waypoint_address
+from lab.addressing import docker_waypoint_address, waypoint_address
 from lab.errors import LabError
 from lab.providers.base import ProcessSpec
 
@@ -49,16 +50,27 @@ def add_waypoint(state: State, namespace: str, service: str | None = None) -> di
     if existing is not None:
         return existing
     node = _home_node(state, namespace, service)
-    if state["nodes"][node]["provider"] != "local":
-        raise LabError(f"waypoint {key}: waypoints run on local-provider nodes only for now "
-                       f"(node {node} is {state['nodes'][node]['provider']})")
-    taken = {w["address"] for w in waypoints(state).values() if w["node"] == node}
-    index = state["nodes"][node]["index"]
-    address = next(a for a in (waypoint_address(state["block"], index, slot) for slot in range(9)) if a not in taken)
+    address = _free_waypoint_address(state, node, key)
     entry = {"name": name, "namespace": namespace, "service": service, "node": node, "address": address,
              "identity": f"spiffe://{state['trustDomain']}/ns/{namespace}/sa/{name}"}
     waypoints(state)[key] = entry
     return entry
+
+
+def _free_waypoint_address(state: State, node: str, key: str) -> str:
+    """The first waypoint address not taken: on the node's /24 (local), on the lab network (docker)."""
+    provider = state["nodes"][node]["provider"]
+    taken = {w["address"] for w in waypoints(state).values()}
+    if provider == "local":
+        index = state["nodes"][node]["index"]
+        candidates = (waypoint_address(state["block"], index, slot) for slot in range(9))
+    elif provider == "docker" and (state.get("docker") or {}).get("subnet"):
+        # one range for the lab (its docker nodes share one network); the address goes on the node's eth0
+        candidates = (docker_waypoint_address(state["docker"]["subnet"], slot) for slot in range(31))
+    else:
+        raise LabError(f"waypoint {key}: waypoints run on local and docker nodes only for now "
+                       f"(node {node} is {provider})")
+    return next(a for a in candidates if a not in taken)
 
 
 def remove_waypoint(state: State, namespace: str, service: str | None = None) -> dict[str, Any] | None:
@@ -126,7 +138,7 @@ def sidecar_process(state: State, workload: str, control_plane: str, agent: tupl
     """The supervised process of one workload's sidecar."""
     w = state["workloads"][workload]
     if not w.get("sidecarAddress"):
-        raise LabError(f"workload {workload}: sidecars run on local-provider nodes only for now "
+        raise LabError(f"workload {workload}: sidecars run on local and docker nodes only for now "
                        f"(node {w['node']} is {state['nodes'][w['node']]['provider']})")
     return ProcessSpec(
         name=proxy_process_name(sidecar_agent(workload)),

@@ -45,9 +45,12 @@ def resolver_table(state: dict[str, Any], node: str) -> dict[str, Any]:
         services.append({"name": s["name"], "namespace": s["namespace"], "ports": s["ports"],
                          "vip": s["vips"].get(node),
                          "endpoints": [_endpoint(state, w, node) for w in endpoints_of(state, key)]})
+    capture = node_capture(state, node)
+    # Explicit capture hands a sidecar workload its sidecar's address; transparent capture the service VIP
+    # (iptables takes the connection to the sidecar).
     sidecars = {state["workloads"][w]["address"]: state["workloads"][w]["sidecarAddress"]
-                for w in sidecar_workloads(state, node)}
-    return {"services": services, "sidecars": sidecars,
+                for w in sidecar_workloads(state, node)} if capture == "explicit" else {}
+    return {"services": services, "sidecars": sidecars, "capture": capture,
             "namespaces": {ns: {"mode": v["mode"]} for ns, v in state["namespaces"].items()}}
 
 
@@ -101,7 +104,9 @@ def sidecar_snapshot(state: dict[str, Any], workload: str, policy: dict[str, Any
     snapshot["proxy"] = {"kind": "sidecar", "workload": workload, "namespace": w["namespace"],
                          "identity": w["identity"], "address": w["sidecarAddress"],
                          "workloadAddress": w["address"], "inboundCapture": w["inboundCapture"],
-                         "ports": list(w["ports"])}
+                         "ports": list(w["ports"]),
+                         # transparent capture: where iptables sends its workload's traffic (None: explicit)
+                         "capturePorts": w.get("sidecarPorts") if snapshot["capture"] == "transparent" else None}
     return snapshot
 
 

@@ -31,7 +31,7 @@ from lab.controlplane.launch import ensure_control_plane, running_pid
 from lab.errors import LabError, ProvisionError
 from lab.plan import RESOLVER_PORT, LabPlan, plan_lab, ztunnel_process
 from lab.providers import proctags, provider_class, provider_names
-from lab.providers.base import NodeInfo, Provider, ProcessStatus
+from lab.providers.base import NodeInfo, NodeSpec, Provider, ProcessStatus
 from lab.state import LabState, atomic_write, lab_dir, labs_dir, list_labs
 from lab.topology.model import Topology
 from lab.zipapp import build_agent_zipapp
@@ -119,9 +119,15 @@ def _state_document(plan: LabPlan, source: str, status: str, previous: dict[str,
                                         "labels": dict(p.workload.labels),
                                         "ports": _workload_ports(topo, p.workload),
                                         "inboundCapture": p.inbound_capture,
-                                        "sidecarAddress": p.sidecar}
+                                        "sidecarAddress": p.sidecar,
+                                        "sidecarPorts": _sidecar_ports(p.sidecar_ports)}
                       for p in plan.placements},
     }
+
+
+def _sidecar_ports(ports: tuple[int, int] | None) -> dict[str, int] | None:
+    """Where iptables sends a workload's traffic to its sidecar (transparent capture), None with explicit."""
+    return {"outbound": ports[0], "inbound": ports[1]} if ports else None
 
 
 def _workload_ports(topo: Topology, w: Any) -> list[int]:
@@ -166,6 +172,7 @@ async def up(topology: Topology, *, provider: str | None = None, progress: Progr
 
     waypoints: dict[str, Any] = {}
     waypoints = _plan_waypoints(document("provisioning"), previous)
+    plan.nodes = [_with_waypoint_addresses(spec, waypoints, plan.node_provider(spec.name)) for spec in plan.nodes]
 
     doc = document("provisioning")
     lab.state.save(doc)
@@ -204,6 +211,14 @@ def _plan_waypoints(doc: dict[str, Any], previous: dict[str, Any] | None) -> dic
         if ns.get("waypoint"):
             dataplane.add_waypoint(doc, namespace)
     return doc["waypoints"]
+
+
+def _with_waypoint_addresses(spec: NodeSpec, waypoints: dict[str, Any], provider: str) -> NodeSpec:
+    """A docker node's spec with its waypoints' addresses on eth0 too (the provider makes the set exact)."""
+    if provider != "docker":
+        return spec
+    mine = tuple(w["address"] for w in waypoints.values() if w["node"] == spec.name)
+    return replace(spec, workload_addresses=spec.workload_addresses + mine)
 
 
 def _proxy_names(doc: dict[str, Any], node: str) -> set[str]:

@@ -11,8 +11,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
-from lab.addressing import (cluster_vip, docker_node_address, docker_workload_address, inbound_capture, node_address,
-                            service_vip, sidecar_address, workload_address)
+from lab.addressing import (cluster_vip, docker_node_address, docker_sidecar_address, docker_workload_address,
+                            inbound_capture, node_address, service_vip, sidecar_address, sidecar_capture_ports,
+                            workload_address)
 from lab.errors import LabError
 from lab.providers.base import NodeSpec, ProcessSpec
 from lab.topology.model import Topology, Workload
@@ -29,6 +30,8 @@ class WorkloadPlacement:
     port: int  # the workload port of its service's first port; 0 for a client
     inbound_capture: str = ""  # where plaintext callers reach it through its node's ztunnel (or its sidecar)
     sidecar: str = ""  # where its sidecar listens for its outbound traffic, in a sidecar namespace
+    # transparent capture: the ports iptables sends its outbound and inbound traffic to its sidecar on
+    sidecar_ports: tuple[int, int] | None = None
 
 
 @dataclass
@@ -66,16 +69,19 @@ def place_workloads(topology: Topology, block: str, docker_subnet: str | None = 
     for w in topology.workloads:
         slot = slots.get(w.node, 0)
         slots[w.node] = slot + 1
-        sidecar = ""
+        ports = None
         if docker_subnet and _provider_of(topology, w.node) == "docker":
             address = docker_workload_address(docker_subnet, docker_slot)
+            sidecar = docker_sidecar_address(docker_subnet, docker_slot)
+            ports = sidecar_capture_ports(slot)
             docker_slot += 1
-            capture = ""  # transparent capture: iptables sends plaintext callers of its address to the ztunnel
+            capture = ""  # transparent capture: iptables sends plaintext callers of its address to its proxy
         else:
             address = workload_address(block, index[w.node], slot)
             sidecar = sidecar_address(block, index[w.node], slot)
             capture = inbound_capture(block, index[w.node], slot)
-        placements.append(WorkloadPlacement(w, w.node, address, _workload_port(topology, w), capture, sidecar))
+        placements.append(WorkloadPlacement(w, w.node, address, _workload_port(topology, w), capture, sidecar,
+                                            ports))
     return placements
 
 
@@ -169,8 +175,10 @@ def plan_lab(topology: Topology, block: str, lab: str,
         else:
             addr = node_address(block, i)
         mine = [p for p in placements if p.node == n.name]
+        # A docker node's eth0 carries its workloads' addresses and their sidecars' (bound in sidecar mode).
+        extra = tuple(p.sidecar for p in mine if p.sidecar_ports)
         nodes.append(NodeSpec(lab=lab, name=n.name, index=i, address=addr,
-                              workload_addresses=tuple(p.address for p in mine), settings=settings))
+                              workload_addresses=tuple(p.address for p in mine) + extra, settings=settings))
         processes[n.name] = [workload_process(topology, p, addr, agent_command(n.name)) for p in mine]
     # Explicit capture: a VIP per node (where its ztunnel listens); transparent (docker): one cluster VIP.
     vips = {f"{s.name}.{s.namespace}": {n.name: cluster_vip(k) if docker_subnet and _provider_of(topology, n.name)

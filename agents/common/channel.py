@@ -11,6 +11,11 @@ When the connection drops, the agent keeps serving with what it has and
 reconnects with exponential backoff and jitter; on reconnect it tells the
 control plane which version it last ACKed.
 
+The control plane's certificate is checked against the bootstrap root file and
+every root a snapshot's `trust` section announced (a root rotation re-issues the
+control plane's certificate too); the announced roots are also written to the
+bootstrap root file, so a restarted agent trusts them.
+
 Wire format: one JSON object per line, in both directions.
   agent -> cp  {"type": "hello", "node", "agent", "token", "version"}
   cp -> agent  {"type": "config", "version": N, "config": {...}}
@@ -26,6 +31,7 @@ import asyncio
 import itertools
 import json
 import logging
+import os
 import random
 import ssl
 from collections.abc import Awaitable, Callable
@@ -51,8 +57,9 @@ class AgentChannel:
         self.host, self.port = host, port
         self.node, self.agent, self.token = node, agent, token
         self.on_config = on_config
-        self._ssl = ssl.create_default_context(cafile=root_pem_file)
-        self._ssl.check_hostname = False  # the serving cert is checked against the lab root; SAN is an IP
+        self.root_pem_file = root_pem_file
+        self._roots: list[str] = []  # roots announced in snapshots (`trust.roots`)
+        self._ssl = self._context()
         self.version = 0  # last ACKed
         self.connected = asyncio.Event()
         self._writer: asyncio.StreamWriter | None = None
@@ -85,6 +92,41 @@ class AgentChannel:
         if answer["type"] == "error":
             raise ChannelError(answer["error"])
         return answer["leaf"].encode(), answer["root"].encode()
+
+    def _context(self) -> ssl.SSLContext:
+        """The context that checks the control plane: the bootstrap root file plus the announced roots."""
+        if not self._roots:
+            ctx = ssl.create_default_context(cafile=self.root_pem_file)
+        else:  # not create_default_context(): without a cafile it would trust the system's CAs too
+            ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+            try:
+                ctx.load_verify_locations(cafile=self.root_pem_file)
+            except (OSError, ssl.SSLError):
+                pass  # the announced roots are enough
+            ctx.load_verify_locations(cadata="".join(self._roots))
+        ctx.check_hostname = False  # the serving cert is checked against the lab root; SAN is an IP
+        return ctx
+
+    def _learn_roots(self, config: Any) -> None:
+        """Trust the roots a snapshot announces, from the next connection on, and keep them on disk."""
+        roots = (config.get("trust") or {}).get("roots") if isinstance(config, dict) else None
+        if not isinstance(roots, list) or not roots or roots == self._roots:
+            return
+        try:
+            candidate = [str(r) for r in roots]
+            ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT).load_verify_locations(cadata="".join(candidate))
+        except (ssl.SSLError, ValueError) as e:
+            log.warning("the snapshot's trust roots are unusable: %s", e)
+            return
+        self._roots = candidate
+        self._ssl = self._context()
+        try:  # atomically: other agents of the node read and write the same file
+            tmp = f"{self.root_pem_file}.{self.agent.replace('/', '_').replace(':', '_')}.tmp"
+            with open(tmp, "w", encoding="ascii") as f:
+                f.write("".join(r if r.endswith("\n") else r + "\n" for r in candidate))
+            os.replace(tmp, self.root_pem_file)
+        except OSError as e:
+            log.info("cannot update %s with the new roots: %s", self.root_pem_file, e)
 
     def _send(self, msg: dict[str, Any]) -> None:
         if self._writer is None:
@@ -137,6 +179,7 @@ class AgentChannel:
                 self._send({"type": "nack", "version": version, "error": f"{type(e).__name__}: {e}"})
                 return
             self.version = version
+            self._learn_roots(msg["config"])
             self._send({"type": "ack", "version": version})
         elif kind in ("cert", "error"):
             fut = self._pending.get(int(msg.get("id", -1)))

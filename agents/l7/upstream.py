@@ -195,6 +195,13 @@ class Cluster:
         else:
             self._closed_one(conn)
 
+    def drop_idle(self) -> None:
+        """Close every idle connection and keep serving: the next requests connect anew (a live fault was added
+        that new connections must meet)."""
+        for host in self.hosts.values():
+            while host.idle:
+                self._closed_one(host.idle.pop())
+
     def close_idle(self) -> None:
         """Close every idle connection (the proxy is shutting down)."""
         self.closed = True

@@ -81,6 +81,8 @@ class Resolver:
         self._modes = {str(ns): str(v.get("mode", "none")) for ns, v in (self.table.get("namespaces") or {}).items()}
         # workload address -> its sidecar's address, for the workloads of this node that have one
         self._sidecars = {str(k): str(v) for k, v in (self.table.get("sidecars") or {}).items()}
+        # transparent: iptables takes a mesh caller's connection to its proxy; the answer is the plain VIP
+        self._transparent = self.table.get("capture") == "transparent"
 
     def resolve(self, service: str, port: int | None, namespace: str | None = None,
                 source: str | None = None) -> Answer:
@@ -100,6 +102,8 @@ class Resolver:
         if self._modes.get(namespace or "", "none") == "ambient" and found.vip:
             # Ambient callers go through their node's ztunnel, which picks the endpoint (explicit capture).
             return Answer(found.vip, port, "ztunnel", "")
+        if self._transparent and self._modes.get(namespace or "", "none") == "sidecar" and found.vip:
+            return Answer(found.vip, port, "sidecar", "")  # iptables redirects it to the caller's sidecar
         ready = [e for e in found.endpoints if e.get("ready", True)]
         if not ready:
             raise NoReadyEndpoint(f"no ready endpoint for {service}:{port}")

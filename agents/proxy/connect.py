@@ -4,7 +4,10 @@ The L7 engine calls a connector for each new upstream connection with the endpoi
 picked (`view.endpoint`), the service key and the downstream it serves. Mesh endpoints
 (ambient or sidecar) are reached through an HBONE tunnel to the server that serves them —
 their node's ztunnel or their own sidecar — as this proxy's identity, with `forwarded`
-naming the original client; endpoints outside the mesh get a plain TCP connection.
+naming the original client; endpoints outside the mesh get a plain TCP connection. With
+transparent capture (a docker node) those plain sockets carry the proxy mark, so the node's
+iptables rules let them through instead of capturing the proxy's own traffic again (HBONE's
+port 15008 is never captured).
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ from agents.l7.upstream import UpstreamConnectError
 from agents.proxy.bridge import LIMIT, Streams, tunnel_streams
 from agents.ztunnel.dialer import HboneDialer
 from agents.ztunnel.headers import new_traceparent
+from agents.ztunnel.relay import connect_from
 
 MESH_MODES = ("ambient", "sidecar")
 
@@ -37,12 +41,14 @@ class MeshConnector:
     """Opens upstream connections as `identity` (a waypoint's own, or a sidecar's workload's)."""
 
     def __init__(self, dialer: HboneDialer, identity: Callable[[], str], hostname: Callable[[str], str],
-                 local_ip: Callable[[], str | None], timeout: float = 5.0) -> None:
+                 local_ip: Callable[[], str | None], timeout: float = 5.0,
+                 mark: Callable[[], int | None] = lambda: None) -> None:
         self.dialer = dialer
         self.identity = identity
         self.hostname = hostname
         self.local_ip = local_ip
         self.timeout = timeout
+        self.mark = mark  # SO_MARK of plain upstream sockets (transparent capture), None for none
 
     async def __call__(self, endpoint: Mapping[str, Any], service: str, downstream: Any) -> Streams:
         if endpoint.get("mode") in MESH_MODES:
@@ -54,12 +60,16 @@ class MeshConnector:
             except HboneError as e:
                 raise UpstreamConnectError("UF", f"HBONE to {authority} via {endpoint['hbone'][0]}: {e}") from None
             return await tunnel_streams(tunnel)
-        return await tcp_connect(str(endpoint["ip"]), int(endpoint["port"]), self.local_ip(), self.timeout)
+        return await tcp_connect(str(endpoint["ip"]), int(endpoint["port"]), self.local_ip(), self.timeout,
+                                 self.mark())
 
 
-async def tcp_connect(ip: str, port: int, local_ip: str | None, timeout: float) -> Streams:
-    """A plain TCP connection (from `local_ip` when given), as the engine's streams."""
+async def tcp_connect(ip: str, port: int, local_ip: str | None, timeout: float, mark: int | None = None) -> Streams:
+    """A plain TCP connection (from `local_ip` when given, carrying `mark` when given), as the engine's streams."""
     try:
+        if mark is not None:
+            sock = await connect_from((ip, port), local_ip, timeout, mark=mark)
+            return await asyncio.open_connection(sock=sock, limit=LIMIT)
         return await asyncio.wait_for(
             asyncio.open_connection(ip, port, limit=LIMIT, local_addr=(local_ip, 0) if local_ip else None), timeout)
     except (OSError, asyncio.TimeoutError) as e:

@@ -36,7 +36,7 @@ class Waypoint(L7Agent):
         self.identity = ""
         self.connector = MeshConnector(self.dialer, lambda: self.identity,
                                        lambda s: self.view.service_hostname(s) if self.view else s,
-                                       lambda: self.address)
+                                       lambda: self.address, mark=self._upstream_mark)
         self.engine = L7Proxy(lambda: self.view, self.connector, self.telemetry, "waypoint",
                               extra_fault=live_fault(lambda: self.view))
         self.hbone = HboneServer(self.address, self.ports.hbone, self.certs.server_context, self.on_connect,

@@ -67,6 +67,7 @@ class Ztunnel:
                                            "inbound": self.inbound.handle_plaintext})
         self.hbone = HboneServer(address, ports.hbone, self.certs.server_context, self.inbound.on_connect,
                                  proxy_name="ztunnel")
+        self.certs.servers.append(self.hbone)  # a security fault's certificate closes its idle connections
         self._servers = [AdminServer(admin_routes(self)), AdminServer(metrics_routes(self)),
                          AdminServer(ready_routes(self))]
 
@@ -89,6 +90,7 @@ class Ztunnel:
         try:
             snapshot = parse_snapshot(raw, self.node)
             bound, closed = self.listeners.apply(snapshot.listen_addresses())
+            await self.certs.follow(snapshot.raw.get("trust"), snapshot.faults)  # roots, expire_cert, foreign_ca
         except Exception as e:  # ConfigError, or a shape the checks missed: NACKed either way
             self.rejected = {"version": version, "error": f"{type(e).__name__}: {e}"}
             raise
@@ -100,7 +102,7 @@ class Ztunnel:
                  len(self.listeners.sockets), ", ".join(sorted(snapshot.local_identities)) or "none")
 
     def _want_certs(self) -> None:
-        """Certificates for the local identities, minus those a live fault takes away (expire_cert, revoke);
+        """Certificates for the local identities, minus those a live fault takes away (revoke);
         re-checked when such a fault expires, so a ztunnel cut off from its control plane still renews."""
         snapshot = self.snapshot
         if snapshot is None:

@@ -87,7 +87,7 @@ class Inbound:
             return self._refuse(record, snapshot, 401, decision.reason, outcome, "RBAC")
         source = snapshot.by_address.get(client_ip)
         refusal = self.gate.refusal(snapshot, source.node if source else None, workload.node,
-                                    (principal, workload.identity))
+                                    (principal, workload.identity), pooled=True)
         if refusal is not None:
             record.labels = labels("FI")
             return self._refuse(record, snapshot, 503, refusal, "fault", "FI")

@@ -45,8 +45,12 @@ class FaultGate:
 
     @staticmethod
     def refusal(snapshot: Snapshot, source_node: str | None, destination_node: str | None,
-                identities: tuple[str | None, ...] = ()) -> str | None:
-        """Why a connection must be refused (a partition between the nodes, a revoked identity), or None."""
+                identities: tuple[str | None, ...] = (), pooled: bool = False) -> str | None:
+        """Why a connection must be refused (a partition between the nodes, a revoked identity), or None.
+
+        `pooled`: a stream on an HBONE connection that is already open (inbound), which may have been
+        handshaken before an identity's certificate expired; a new connection meets the expired
+        certificate itself (the TLS handshake fails), so the dialling side does not refuse for it."""
         if not snapshot.faults:
             return None
         if source_node and destination_node:
@@ -57,16 +61,16 @@ class FaultGate:
             revoked = revoked_identity(snapshot.faults, identity)
             if revoked is not None:
                 return f"{identity} is revoked (fault {revoked.id})"
-            for f in snapshot.faults:  # pooled connections outlive the certificate: refuse new streams too
+            for f in snapshot.faults if pooled else ():  # connections outlive the certificate: refuse new streams
                 if f.kind == "expire_cert" and f.active() and f.params.get("identity") == identity:
                     return f"the certificate of {identity} has expired (fault {f.id})"
         return None
 
     @staticmethod
     def withheld_identities(snapshot: Snapshot) -> set[str]:
-        """Local identities whose certificate an expire_cert or revoke fault takes away."""
-        return {str(f.params.get("identity")) for f in snapshot.faults
-                if f.kind in ("expire_cert", "revoke") and f.active()}
+        """Local identities whose certificate a revoke fault takes away (expire_cert swaps in an expired
+        certificate instead: `WorkloadCerts.follow`)."""
+        return {str(f.params.get("identity")) for f in snapshot.faults if f.kind == "revoke" and f.active()}
 
     @staticmethod
     def next_expiry(snapshot: Snapshot) -> float | None:

@@ -1,14 +1,24 @@
 """The lab's root CA: one self-signed EC P-256 root per lab, signing SPIFFE leaves from CSRs.
 
-Files in the CA folder: `root-key.pem` (PKCS8, mode 0600), `root-cert.pem`, and
-`issued.json` (see `registry`). The root may sign only leaves (pathlen 0):
-ztunnels, waypoints and sidecars all hold leaves of their own.
+Files in the CA folder: `root-key.pem` (PKCS8, mode 0600), `root-cert.pem` (the
+signing root), `trust-bundle.pem` (every root agents trust; just the signing root
+unless a rotation is under way), `next-root-{key,cert}.pem` (a root made for a
+rotation, not signing yet), and `issued.json` (see `registry`). The root may sign
+only leaves (pathlen 0): ztunnels, waypoints and sidecars all hold leaves of their own.
+
+Root rotation (`meshlab fault add rotate_root`) goes through three steps, each
+persisted: `prepare_root` (a new root, trusted beside the old one),
+`activate_next_root` (the new root signs; the old one stays trusted) and
+`drop_old_roots` (only the signing root is trusted). Each root of a lab has its
+own subject name, so an agent can tell from a leaf's issuer which root signed it.
 """
 
 from __future__ import annotations
 
 import ipaddress
 import os
+import secrets
+import threading
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
@@ -50,16 +60,20 @@ class LabCA:
     """The root of trust of one lab: signs leaves for `spiffe://<trust_domain>/...` identities."""
 
     def __init__(self, ca_dir: Path, trust_domain: str, key: ec.EllipticCurvePrivateKey,
-                 root: x509.Certificate) -> None:
+                 root: x509.Certificate, trusted: list[x509.Certificate] | None = None,
+                 pending: tuple[ec.EllipticCurvePrivateKey, x509.Certificate] | None = None) -> None:
         self.ca_dir = ca_dir
         self.trust_domain = trust_domain
+        self._lock = threading.Lock()  # CSRs are signed in threads while a rotation swaps the root
         self._key = key
         self.root = root
         self.root_pem = root.public_bytes(_PEM)
+        self.trusted = _with_root(root, trusted or [])
+        self.pending = pending  # a root made for a rotation, trusted but not signing yet
         self.registry = IssuedRegistry(ca_dir / "issued.json")
 
     @classmethod
-    def load_or_create(cls, ca_dir: Path, trust_domain: str) -> LabCA:
+    def load_or_create(cls, ca_dir: Path, trust_domain: str, common_name: str | None = None) -> LabCA:
         """The lab's CA from `ca_dir`, made there first if the folder holds none."""
         try:
             spiffe_id(trust_domain, "default", "default")
@@ -67,16 +81,83 @@ class LabCA:
             raise LabError(f"bad trust domain {trust_domain!r} (lowercase letters, digits, '.', '-', '_')") from None
         key_path, cert_path = ca_dir / "root-key.pem", ca_dir / "root-cert.pem"
         if key_path.exists() or cert_path.exists():
-            return cls(ca_dir, trust_domain, *_load_root(key_path, cert_path))
+            key, root = _load_root(key_path, cert_path)
+            pending = None
+            if (ca_dir / "next-root-key.pem").exists():
+                pending = _load_root(ca_dir / "next-root-key.pem", ca_dir / "next-root-cert.pem")
+            return cls(ca_dir, trust_domain, key, root, _load_bundle(ca_dir / "trust-bundle.pem"), pending)
         ca_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
-        key, root = _make_root(trust_domain)
+        key, root = _make_root(trust_domain, common_name)
         atomic_write(key_path, _key_pem(key), mode=0o600)
         atomic_write(cert_path, root.public_bytes(_PEM))
         return cls(ca_dir, trust_domain, key, root)
 
+    # ---------------------------------------------------------------- trust bundle and root rotation
+
+    @property
+    def bundle_pem(self) -> bytes:
+        """Every root agents trust, the signing root first (what a CSR's answer carries as `root`)."""
+        return b"".join(r.public_bytes(_PEM) for r in self.trusted)
+
+    def trust_json(self) -> dict[str, object]:
+        """The `trust` section of agents' snapshots: the roots to verify peers against, and the signing
+        root's name (a leaf whose issuer differs is from an older root: renew it)."""
+        return {"roots": [r.public_bytes(_PEM).decode() for r in self.trusted],
+                "signer": self.root.subject.rfc4514_string()}
+
+    def roots(self) -> list[dict[str, object]]:
+        """The roots of the bundle, for `meshlab certs`: name, fingerprint, validity, whether it signs."""
+        return [{"subject": r.subject.rfc4514_string(), "sha256": r.fingerprint(hashes.SHA256()).hex(),
+                 "notAfter": r.not_valid_after_utc.isoformat(), "signing": r == self.root,
+                 "pem": r.public_bytes(_PEM).decode()} for r in self.trusted]
+
+    def prepare_root(self) -> x509.Certificate:
+        """Rotation step 1: a new root, trusted beside the current one (not signing yet)."""
+        key, root = _make_root(self.trust_domain, f"meshlab root {self.trust_domain} #{secrets.token_hex(4)}")
+        atomic_write(self.ca_dir / "next-root-key.pem", _key_pem(key), mode=0o600)
+        atomic_write(self.ca_dir / "next-root-cert.pem", root.public_bytes(_PEM))
+        with self._lock:
+            self.pending = (key, root)
+            self.trusted = _with_root(self.root, [*self.trusted, root])
+        self._save_bundle()
+        return root
+
+    def activate_next_root(self) -> x509.Certificate:
+        """Rotation step 2: the prepared root signs from now on; the old one stays trusted."""
+        if self.pending is None:
+            raise LabError("no new root is prepared (rotation step 1 first)")
+        key, root = self.pending
+        atomic_write(self.ca_dir / "root-key.pem", _key_pem(key), mode=0o600)
+        atomic_write(self.ca_dir / "root-cert.pem", root.public_bytes(_PEM))
+        with self._lock:
+            old = self.root
+            self._key, self.root, self.root_pem, self.pending = key, root, root.public_bytes(_PEM), None
+            self.trusted = _with_root(root, [*self.trusted, old])
+        self._save_bundle()
+        for name in ("next-root-key.pem", "next-root-cert.pem"):
+            (self.ca_dir / name).unlink(missing_ok=True)
+        return old
+
+    def drop_old_roots(self) -> list[x509.Certificate]:
+        """Rotation step 3: trust only the signing root; returns the roots dropped."""
+        with self._lock:
+            dropped = [r for r in self.trusted if r != self.root and (self.pending is None or r != self.pending[1])]
+            self.trusted = [r for r in self.trusted if r not in dropped]
+        self._save_bundle()
+        return dropped
+
+    def _save_bundle(self) -> None:
+        atomic_write(self.ca_dir / "trust-bundle.pem", self.bundle_pem)
+
+    # ---------------------------------------------------------------- signing
+
     def sign_csr(self, csr_pem: bytes, identity: str, ttl: timedelta = DEFAULT_TTL,
-                 holder: str = "") -> IssuedCert:
-        """Sign a leaf for `identity` with the CSR's key, after checking the CSR; records it."""
+                 holder: str = "", expired: bool = False) -> IssuedCert:
+        """Sign a leaf for `identity` with the CSR's key, after checking the CSR; records it.
+
+        `expired`: a leaf whose validity ended a minute ago (the `expire_cert` fault), so
+        peers that verify it fail with "certificate has expired".
+        """
         self._check_identity(identity)
         csr = _load_csr(csr_pem)
         try:
@@ -86,7 +167,8 @@ class LabCA:
         other = [u for u in asked.get_values_for_type(x509.UniformResourceIdentifier) if u != identity]
         if other:
             raise CertificateRefused(f"the CSR asks for {', '.join(other)} but the request is for {identity}")
-        return self._issue_leaf(_accepted_key(csr.public_key()), identity, ttl, holder, ca_made_key=False)
+        return self._issue_leaf(_accepted_key(csr.public_key()), identity, ttl, holder, ca_made_key=False,
+                                expired=expired)
 
     def issue(self, identity: str, ttl: timedelta = DEFAULT_TTL, holder: str = "meshlab") -> tuple[bytes, IssuedCert]:
         """Make a key and a leaf for `identity` (for `meshlab certs issue` and hosts without a key tool)."""
@@ -107,7 +189,8 @@ class LabCA:
         key = ec.generate_private_key(ec.SECP256R1())
         subject = x509.Name([x509.NameAttribute(NameOID.ORGANIZATION_NAME, "meshlab"),
                              x509.NameAttribute(NameOID.COMMON_NAME, "meshlab control plane")])
-        cert = self._sign(key.public_key(), subject, names, ttl, [ExtendedKeyUsageOID.SERVER_AUTH])
+        with self._lock:
+            cert = self._sign(key.public_key(), subject, names, ttl, [ExtendedKeyUsageOID.SERVER_AUTH])
         return _key_pem(key), cert.public_bytes(_PEM)
 
     def record(self, issued: IssuedCert) -> None:
@@ -127,23 +210,29 @@ class LabCA:
             raise CertificateRefused(f"{identity} is not in this lab's trust domain '{self.trust_domain}'")
 
     def _issue_leaf(self, public_key: PublicKey, identity: str, ttl: timedelta, holder: str,
-                    ca_made_key: bool) -> IssuedCert:
+                    ca_made_key: bool, expired: bool = False) -> IssuedCert:
         subject = x509.Name([x509.NameAttribute(NameOID.ORGANIZATION_NAME, "meshlab")])
         usages = [ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH]
-        cert = self._sign(public_key, subject, [x509.UniformResourceIdentifier(identity)], ttl, usages)
+        with self._lock:
+            cert = self._sign(public_key, subject, [x509.UniformResourceIdentifier(identity)], ttl, usages,
+                              expired=expired)
+            bundle = self.bundle_pem
         issued = IssuedCert(
             identity=identity, serial=format(cert.serial_number, "x"),
             not_before=cert.not_valid_before_utc, not_after=cert.not_valid_after_utc, holder=holder,
-            leaf_pem=cert.public_bytes(_PEM), root_pem=self.root_pem, ca_made_key=ca_made_key,
+            leaf_pem=cert.public_bytes(_PEM), root_pem=bundle, ca_made_key=ca_made_key,
         )
         self.record(issued)
         return issued
 
     def _sign(self, public_key: PublicKey, subject: x509.Name, names: list[x509.GeneralName],
-              ttl: timedelta, usages: list[x509.ObjectIdentifier]) -> x509.Certificate:
+              ttl: timedelta, usages: list[x509.ObjectIdentifier], expired: bool = False) -> x509.Certificate:
         if ttl <= timedelta(0):
             raise ValueError(f"a certificate's TTL must be positive, not {ttl}")
         now = _now()
+        not_after = min(now + ttl, self.root.not_valid_after_utc)
+        if expired:  # ended a minute ago, valid for `ttl` before that
+            not_after = now - CLOCK_SKEW
         root_ski = self.root.extensions.get_extension_for_class(x509.SubjectKeyIdentifier).value
         builder = (
             x509.CertificateBuilder()
@@ -151,8 +240,8 @@ class LabCA:
             .issuer_name(self.root.subject)
             .public_key(public_key)
             .serial_number(x509.random_serial_number())
-            .not_valid_before(now - CLOCK_SKEW)
-            .not_valid_after(min(now + ttl, self.root.not_valid_after_utc))
+            .not_valid_before(min(now - CLOCK_SKEW, not_after - ttl))
+            .not_valid_after(not_after)
             .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
             .add_extension(_key_usage(digital_signature=True, key_encipherment=True), critical=True)
             .add_extension(x509.ExtendedKeyUsage(usages), critical=False)
@@ -164,6 +253,14 @@ class LabCA:
         return builder.sign(self._key, hashes.SHA256())
 
 
+def issuer_of(leaf_pem: bytes) -> str:
+    """The issuer name of a PEM certificate (RFC 4514), or "" when it cannot be read."""
+    try:
+        return x509.load_pem_x509_certificate(leaf_pem).issuer.rfc4514_string()
+    except ValueError:
+        return ""
+
+
 def _key_usage(digital_signature: bool = False, key_encipherment: bool = False,
                key_cert_sign: bool = False, crl_sign: bool = False) -> x509.KeyUsage:
     return x509.KeyUsage(digital_signature=digital_signature, content_commitment=False,
@@ -172,11 +269,16 @@ def _key_usage(digital_signature: bool = False, key_encipherment: bool = False,
                          decipher_only=False)
 
 
-def _make_root(trust_domain: str) -> tuple[ec.EllipticCurvePrivateKey, x509.Certificate]:
+def _make_root(trust_domain: str,
+               common_name: str | None = None) -> tuple[ec.EllipticCurvePrivateKey, x509.Certificate]:
     """A new self-signed root for a lab: EC P-256, CA with pathlen 0, ten years."""
     key = ec.generate_private_key(ec.SECP256R1())
+    cn = common_name or f"meshlab root {trust_domain}"
+    if len(cn) > 64:  # keep a distinguishing suffix (" #1a2b3c4d") when the trust domain is long
+        head, sep, tail = cn.rpartition(" #")
+        cn = f"{head[:64 - len(tail) - 2]} #{tail}" if sep else cn[:64]
     name = x509.Name([x509.NameAttribute(NameOID.ORGANIZATION_NAME, "meshlab"),
-                      x509.NameAttribute(NameOID.COMMON_NAME, f"meshlab root {trust_domain}"[:64])])
+                      x509.NameAttribute(NameOID.COMMON_NAME, cn)])
     now = _now()
     root = (
         x509.CertificateBuilder()
@@ -208,6 +310,25 @@ def _load_root(key_path: Path, cert_path: Path) -> tuple[ec.EllipticCurvePrivate
         raise LabError(f"the lab's root certificate in {where} expired on {root.not_valid_after_utc:%Y-%m-%d}")
     os.chmod(key_path, 0o600)
     return key, root
+
+
+def _with_root(root: x509.Certificate, roots: list[x509.Certificate]) -> list[x509.Certificate]:
+    """`roots` without duplicates, with `root` first."""
+    out = [root]
+    for r in roots:
+        if r not in out:
+            out.append(r)
+    return out
+
+
+def _load_bundle(path: Path) -> list[x509.Certificate]:
+    """The roots of `trust-bundle.pem` (none when the file is missing)."""
+    try:
+        return x509.load_pem_x509_certificates(path.read_bytes())
+    except FileNotFoundError:
+        return []
+    except (OSError, ValueError) as e:
+        raise LabError(f"the lab's trust bundle {path} is unreadable ({e}); remove it to trust only the root") from None
 
 
 def _load_csr(csr_pem: bytes) -> x509.CertificateSigningRequest:

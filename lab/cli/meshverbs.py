@@ -112,13 +112,32 @@ def cmd_certs(args: argparse.Namespace, lab: str) -> int:
                   f"(serial {answer['serial']}, expires {answer['notAfter']})")
         return 0
     answer = client.certs()
+    if args.action == "roots":  # the trust bundle: the signing root, and the old one during a rotation
+        roots = answer.get("roots") or []
+        if args.json:
+            print(json.dumps(roots, indent=2))
+        else:
+            print(table(["ROOT", "SHA256", "EXPIRES (UTC)", "SIGNING"],
+                        [[r["subject"], r["sha256"][:16], r["notAfter"][:19], "yes" if r["signing"] else "no"]
+                         for r in roots]))
+        return 0
     if args.json:
         print(json.dumps(answer["certificates"], indent=2))
         return 0
-    rows = [[c["identity"], c["serial"][:16], c["notAfter"][:19], _until(c["notAfter"]), c["holder"], c["keyMadeBy"]]
-            for c in answer["certificates"]]
-    print(table(["IDENTITY", "SERIAL", "EXPIRES (UTC)", "LEFT", "HELD BY", "KEY MADE BY"], rows))
+    for r in answer.get("roots") or []:
+        print(f"{'signing root' if r['signing'] else 'also trusted'}: {r['subject']} (sha256 {r['sha256'][:16]})")
+    rows = [[c["identity"], c["serial"][:16], c["notAfter"][:19], _until(c["notAfter"]), c["holder"], c["keyMadeBy"],
+             _root_name(c.get("issuer", ""))] for c in answer["certificates"]]
+    print(table(["IDENTITY", "SERIAL", "EXPIRES (UTC)", "LEFT", "HELD BY", "KEY MADE BY", "ROOT"], rows))
     return 0
+
+
+def _root_name(issuer: str) -> str:
+    """The CN of an issuer name (`CN=meshlab root cluster.local #1a2b,O=meshlab` -> its CN)."""
+    for part in issuer.split(","):
+        if part.startswith("CN="):
+            return part[3:]
+    return issuer or "-"
 
 
 def cmd_mode(args: argparse.Namespace, lab: str) -> int:
@@ -206,8 +225,9 @@ def add_verbs(verb: Any, pick_lab: Any) -> None:
     p = verb("proxy-status", with_lab(cmd_proxy_status), "show which config version each agent ACKed")
     p.add_argument("--lab")
 
-    p = verb("certs", with_lab(cmd_certs), "list certificates in use, or issue one: certs issue IDENTITY --out DIR")
-    p.add_argument("action", nargs="?", choices=["list", "issue"], default="list")
+    p = verb("certs", with_lab(cmd_certs), "list certificates in use and the roots (certs roots), or issue one: "
+             "certs issue IDENTITY --out DIR")
+    p.add_argument("action", nargs="?", choices=["list", "roots", "issue"], default="list")
     p.add_argument("identity", nargs="?", help="spiffe://<trust domain>/ns/<ns>/sa/<sa>")
     p.add_argument("--out", help="folder for key.pem, cert.pem and root-cert.pem")
     p.add_argument("--ttl", type=float, help="seconds (default: the lab's certificate TTL)")

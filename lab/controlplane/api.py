@@ -7,6 +7,7 @@ from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
 from lab.controlplane.httpserver import ApiRequest
+from lab.ca.authority import issuer_of
 from lab.errors import ConfigError, LabError
 from lab.meshconfig import ConfigStore, parse_config, resolve_kind
 from lab.meshconfig.parse import DEFAULT_NAMESPACE
@@ -93,9 +94,10 @@ class LabApi:
         return 200, {"results": [list(o) for o in outcomes], "version": version, "synced": await self._synced(body)}
 
     async def certs(self, req: ApiRequest) -> tuple[int, Any]:
-        return 200, {"root": self.cp.ca.root_pem.decode(), "certificates": [
+        return 200, {"root": self.cp.ca.root_pem.decode(), "roots": self.cp.ca.roots(), "certificates": [
             {"identity": c.identity, "serial": c.serial, "notBefore": c.not_before.isoformat(),
-             "notAfter": c.not_after.isoformat(), "holder": c.holder, "keyMadeBy": "CA" if c.ca_made_key else "agent"}
+             "notAfter": c.not_after.isoformat(), "holder": c.holder, "keyMadeBy": "CA" if c.ca_made_key else "agent",
+             "issuer": issuer_of(c.leaf_pem)}
             for c in self.cp.ca.in_use()]}
 
     async def issue_cert(self, req: ApiRequest) -> tuple[int, Any]:
@@ -125,8 +127,9 @@ class LabApi:
         return 200, await orchestrator.status(self.cp.lab)
 
     async def traffic(self, req: ApiRequest) -> tuple[int, Any]:
-        addresses = [n["address"] for n in self.cp.state["nodes"].values()]
-        return 200, await self.cp.traffic.snapshot(addresses)
+        from lab.controlplane.proxies import agent_addresses
+
+        return 200, await self.cp.traffic.snapshot(agent_addresses(self.cp.state))
 
     async def logs(self, req: ApiRequest) -> tuple[int, Any]:
         from lab.handle import Lab

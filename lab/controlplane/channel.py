@@ -109,6 +109,13 @@ class AgentChannelServer:
                 self._send_config(record)
         return self.version
 
+    def forget(self, agents: list[str]) -> None:
+        """Drop the records of agents that were removed on purpose (`waypoint:ns/name/node-1`), not lost."""
+        for key in agents:
+            record = self.agents.get(key)
+            if record is not None and not record.connected:
+                del self.agents[key]
+
     def proxy_status(self) -> list[dict[str, Any]]:
         return [{"agent": a.agent, "node": a.node, "status": a.status(self.version), "acked": a.acked,
                  "sent": a.sent, "latest": self.version, "nackError": a.nack_error if a.nacked else None,

@@ -32,7 +32,7 @@ from lab.controlplane import readiness
 from lab.controlplane.httpserver import JsonApiServer
 from lab.controlplane.loads import LoadRuns
 from lab.controlplane.proxies import (ProxyControl, failures_between, mesh_failures, sidecar_process_of,
-                                      wait_proxies_ready, waypoint_process_of)
+                                      wait_proxies_ready)
 from lab.controlplane.telemetry import TrafficView
 from lab.errors import LabError
 from lab.faults.live import LiveFaults
@@ -41,6 +41,7 @@ from lab.state import LabState, atomic_write, lab_dir
 
 log = logging.getLogger("meshlab.controlplane")
 MODES = ("none", "ambient", "sidecar")
+SIDECAR_START_TIMEOUT = 60.0
 
 class ControlPlane:
     """Holds the lab's state and serves agents and clients from it."""
@@ -62,6 +63,7 @@ class ControlPlane:
         self.loads = LoadRuns(lab)
         self.events: collections.deque[dict[str, Any]] = collections.deque(maxlen=500)
         self.faults = LiveFaults(self)  # faults.json: survives a restart
+        self._channel_contexts: list[ssl.SSLContext] = []  # re-loaded after a root rotation
         self.event("control plane started")
 
     def event(self, message: str, **fields: Any) -> None:
@@ -77,6 +79,7 @@ class ControlPlane:
         """The config of one agent, with every live fault agents enforce (`faults`: each agent picks its own)."""
         snapshot = self._agent_snapshot(node, agent)
         snapshot["faults"] = self.faults.for_agents(self.state)
+        snapshot["trust"] = self.ca.trust_json()  # the roots agents verify peers against (a rotation changes them)
         return snapshot
 
     def _agent_snapshot(self, node: str, agent: str) -> dict[str, Any]:
@@ -94,8 +97,7 @@ class ControlPlane:
     def sign(self, node: str, holder: str, identity: str, csr: bytes) -> tuple[bytes, bytes]:
         """Sign a CSR for an agent of `node`, if a workload of that identity is scheduled there."""
         self._authorizer.check(node, identity)
-        self.faults.check_identity(identity)  # a revoke fault
-        issued = self.ca.sign_csr(csr, identity, self.ttl, holder)
+        issued = self.faults.issue(csr, identity, self.ttl, holder)  # the lab CA, unless a security fault says
         return issued.leaf_pem, issued.root_pem
 
     async def reload(self) -> int:
@@ -142,8 +144,9 @@ class ControlPlane:
         self._authorizer = NodeAuthorizer(mesh.node_identities(self.state))
         if mode == "sidecar":
             await self.proxies.start_sidecars(self.state, members)
-            await wait_proxies_ready([self.state["workloads"][w]["sidecarAddress"] for w in members], timeout,
-                                     f"sidecars of namespace {namespace}")
+            # one new Python process per workload, all at once: on a busy 2-CPU node that takes a while
+            await wait_proxies_ready([self.state["workloads"][w]["sidecarAddress"] for w in members],
+                                     max(timeout, SIDECAR_START_TIMEOUT), f"sidecars of namespace {namespace}")
         expect = [f"ztunnel/{node}" for node in self.state["nodes"]]
         if mode == "none":
             await self.push_resolver_tables()
@@ -172,6 +175,7 @@ class ControlPlane:
         failed = failures_between(failures_before, await mesh_failures(previous_state, self.state))
         if before == "sidecar":
             await self.proxies.stop(self.state, [sidecar_process_of(self.state, w) for w in members])
+            self._forget_soon([f"{dataplane.sidecar_agent(w)}/{self.state['workloads'][w]['node']}" for w in members])
         seconds = round(time.monotonic() - began, 3)
         self.event(f"namespace {namespace}: mode {before} -> {mode} (config version {version}"
                    + (f", restarted {len(restarted)} workloads" if restarted else "") + ")")
@@ -214,7 +218,8 @@ class ControlPlane:
             self._retired_waypoints[key] = entry
             version = self.channel.publish()
             synced = await self.channel.wait_synced(timeout, expect)
-            await self.proxies.stop(self.state, [waypoint_process_of(entry)])
+            await self.proxies.stop_waypoint(self.state, entry)
+            self._forget_soon([f"{dataplane.waypoint_agent(entry)}/{entry['node']}"])
             self._retired_waypoints.pop(key, None)
             self._authorizer = NodeAuthorizer(mesh.node_identities(self.state))
         self.event(f"waypoint {key} {'enabled' if enabled else 'disabled'} (config version {version})")
@@ -229,6 +234,10 @@ class ControlPlane:
             await capture.install_all(lab, self.state)
         finally:
             await lab.close()
+
+    def _forget_soon(self, agents: list[str], delay: float = 2.0) -> None:
+        """Drop stopped proxies from proxy-status once their channel sessions have closed."""
+        asyncio.get_running_loop().call_later(delay, self.channel.forget, agents)
 
     async def push_resolver_tables(self) -> None:
         """Hand every node's resolver its table for the current state (through the node's provider)."""
@@ -248,11 +257,24 @@ class ControlPlane:
             return
         key, cert = self.ca.issue_server_cert(sorted({*self.channel.hosts, *wanted}))
         context = _server_context(key, cert)
+        self._channel_contexts.append(context)
         for host in wanted:
             port = await self.channel.start(host, self._channel_port, context)
             self._channel_port = port
             log.info("agent channel listening on %s:%d", host, port)
         self._announce()
+
+    def refresh_channel_cert(self) -> None:
+        """Serve the agent channel with a certificate from the current root (after a root rotation);
+        connected agents keep their sessions, new handshakes get the new certificate."""
+        if not self.channel.hosts:
+            return
+        key, cert = self.ca.issue_server_cert(sorted(self.channel.hosts))
+        with tempfile.TemporaryDirectory() as tmp:
+            (Path(tmp) / "key.pem").write_bytes(key)
+            (Path(tmp) / "cert.pem").write_bytes(cert)
+            for context in self._channel_contexts:
+                context.load_cert_chain(Path(tmp) / "cert.pem", Path(tmp) / "key.pem")
 
     def _announce(self) -> None:
         hosts = self.channel.hosts

@@ -46,11 +46,14 @@ async def apply(lab: Any, state: dict[str, Any], fault: Fault) -> None:
         node = state["workloads"][name]["node"]
         await lab.provider_of(node, state).signal_process(node, name, signal.SIGKILL)
         fault.note = f"SIGKILL to {node}/{name}"
-    elif kind in ("expire_cert", "revoke"):
+    elif kind in ("expire_cert", "revoke", "foreign_ca"):
         name = fault.target["name"]  # type: ignore[index]
         fault.effect = {"identity": state["workloads"][name]["identity"]}
-        fault.note = ("the ztunnel drops the certificate until the fault is removed" if kind == "expire_cert"
-                      else "the CA refuses the identity, its ztunnel drops it, peers refuse it")
+        fault.note = {"expire_cert": "the CA issues an expired certificate, its proxy presents it; peers' TLS "
+                                     "verification fails until the fault ends",
+                      "revoke": "the CA refuses the identity, its ztunnel drops it, peers refuse it",
+                      "foreign_ca": "a throwaway CA the lab does not trust issues its certificate; peers refuse "
+                                    "it and it refuses them until the fault ends"}[kind]
 
 
 async def revert(lab: Any, state: dict[str, Any], fault: Fault) -> None:

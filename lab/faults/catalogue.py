@@ -6,7 +6,7 @@ Pure data plus the parameter checks; `meshlab fault add --help` prints it.
         (the source's ztunnel when the destination is outside the mesh)
 * `l7`  request faults: the waypoint or sidecar (`agents.common.faults.l7_fault`)
 * `node`, `process`: the provider (partition on the local provider: the ztunnels refuse HBONE)
-* `security`: the CA and the ztunnels
+* `security`: the CA and the agents that hold the certificates (ztunnels, sidecars, waypoints)
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ class FaultError(LabError):
 @dataclass(frozen=True)
 class Param:
     name: str
-    type: str  # ms, us, int, percent, status, duration, header
+    type: str  # ms, us, int, percent, status, duration, header, bool
     help: str
     default: Any = None
     required: bool = False
@@ -83,6 +83,12 @@ KINDS: dict[str, Kind] = {k.name: k for k in (
          "removed: new connections to and from it fail; removal renews it"),
     Kind("revoke", "security", ("workload",), "revoke a workload's identity: the CA refuses it, its ztunnel "
          "drops its certificate and peers refuse it, until removed"),
+    Kind("foreign_ca", "security", ("workload",), "give a workload a certificate from a throwaway CA the lab "
+         "does not trust, until removed: peers refuse its connections and it refuses theirs"),
+    Kind("rotate_root", "security", (), "rotate the lab's root CA and re-issue every certificate under the new "
+         "one (no target)", (Param("overlap", "bool", "trust old and new root while leaves are re-issued "
+                                   "(false: swap at once; connections fail until every agent renewed)", True),),
+         one_shot=True, agent=False),
 )}
 
 LAYER_OF_AGENT = {"l4": "l4", "l7": "l7", "node": "l4", "security": "l4"}  # how agents see each kind
@@ -122,6 +128,12 @@ def parse_param(kind: Kind, name: str, value: Any) -> Any:
             if seconds < 0:
                 raise ValueError
             return seconds
+        if spec.type == "bool":
+            if text.lower() in ("true", "yes", "on", "1"):
+                return True
+            if text.lower() in ("false", "no", "off", "0"):
+                return False
+            raise ValueError
         if spec.type == "header":
             if not text.partition(":")[0].strip():
                 raise ValueError
@@ -130,7 +142,7 @@ def parse_param(kind: Kind, name: str, value: Any) -> Any:
         pass
     want = {"ms": "milliseconds (200, 200ms or 0.2s)", "us": "microseconds (500, 500us or 2ms)",
             "int": "a whole number >= 0", "percent": "a percentage 0-100", "status": "an HTTP status 200-599",
-            "duration": "a duration (2s, 500ms)", "header": "NAME or NAME:VALUE"}[spec.type]
+            "duration": "a duration (2s, 500ms)", "header": "NAME or NAME:VALUE", "bool": "true or false"}[spec.type]
     raise FaultError(f"{where}: want {want}, got {value!r}")
 
 
@@ -151,7 +163,7 @@ def help_text() -> str:
     """The kinds and their parameters, for `meshlab fault add --help`."""
     lines = ["kinds (KIND TARGET --param NAME=VALUE ...):"]
     for k in KINDS.values():
-        lines.append(f"  {k.name:<15} [{k.layer}] {k.help}; targets: {', '.join(k.targets)}")
+        lines.append(f"  {k.name:<15} [{k.layer}] {k.help}; targets: {', '.join(k.targets) or 'none'}")
         for p in k.params:
             default = " (required)" if p.required else f" (default {p.default})" if p.default is not None else ""
             lines.append(f"      {p.name}: {p.help}{default}")

@@ -10,11 +10,15 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import threading
 import time
+from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
+from lab.ca import IssuedCert, LabCA, foreign_ca, remove_foreign_ca
 from lab.errors import CertificateRefused, LabError
 from lab.faults import actions
+from lab.faults.rotation import rotate_root
 from lab.faults.catalogue import KINDS
 from lab.faults.store import Fault, FaultStore, new_fault
 from lab.faults.targets import describe
@@ -33,6 +37,8 @@ class LiveFaults:
         self.cp = cp
         self.store = FaultStore(cp.dir / "faults.json")
         self._lock = asyncio.Lock()
+        self._foreign: dict[str, LabCA] = {}  # foreign_ca fault id -> its throwaway CA
+        self._foreign_lock = threading.Lock()
 
     def for_agents(self, state: dict[str, Any]) -> list[dict[str, Any]]:
         return self.store.for_agents(state)
@@ -42,6 +48,29 @@ class LiveFaults:
         for f in self.store.list():
             if f.kind == "revoke" and not f.expired() and f.effect.get("identity") == identity:
                 raise CertificateRefused(f"{identity} is revoked (fault {f.id}; `meshlab fault rm {f.id}` restores it)")
+
+    def issue(self, csr: bytes, identity: str, ttl: timedelta, holder: str) -> IssuedCert:
+        """Sign a CSR as the security faults on `identity` say: refused (revoke), expired (expire_cert), from a
+        throwaway CA (foreign_ca), else by the lab CA. Runs in a thread of the agent channel."""
+        self.check_identity(identity)
+        ca, expired = self.cp.ca, False
+        for f in self.store.list():
+            if f.expired() or f.effect.get("identity") != identity:
+                continue
+            if f.kind == "expire_cert":
+                expired = True
+            elif f.kind == "foreign_ca":
+                ca = self._foreign_ca(f.id)
+        issued = ca.sign_csr(csr, identity, ttl, holder, expired=expired)
+        if ca is not self.cp.ca:
+            self.cp.ca.record(issued)  # `meshlab certs` lists it, with its foreign root
+        return issued
+
+    def _foreign_ca(self, fault_id: str) -> LabCA:
+        with self._foreign_lock:
+            if fault_id not in self._foreign:
+                self._foreign[fault_id] = foreign_ca(self.cp.ca.ca_dir, fault_id, self.cp.ca.trust_domain)
+            return self._foreign[fault_id]
 
     def list(self) -> list[dict[str, Any]]:
         now = time.time()
@@ -56,11 +85,18 @@ class LiveFaults:
             self.cp.state = state
             fault = new_fault(f"f{self.store.next_id}", request, state)
             kind = KINDS[fault.kind]
-            lab = Lab(self.cp.lab)
-            try:
-                await actions.apply(lab, state, fault)
-            finally:
-                await lab.close()
+            if fault.kind == "rotate_root":  # needs the control plane itself: its CA, channel and agents
+                rotation = await rotate_root(self.cp, bool(fault.params.get("overlap", True)))
+                fault.effect = {"rotation": rotation}
+                fault.note = (f"new root {rotation['newRoot']} in {rotation['seconds']:.1f}s, "
+                              f"{'with' if rotation['overlap'] else 'without'} overlap; "
+                              f"{rotation['failedRequests']} failed requests")
+            else:
+                lab = Lab(self.cp.lab)
+                try:
+                    await actions.apply(lab, state, fault)
+                finally:
+                    await lab.close()
             self.store.allocate_id()
             what = f"fault {fault.id} {fault.kind} on {describe(fault.target)}"
             if kind.one_shot:
@@ -101,6 +137,10 @@ class LiveFaults:
             await actions.revert(lab, self.cp.state, fault)
         finally:
             await lab.close()
+            if fault.kind == "foreign_ca":  # its throwaway CA goes with it
+                with self._foreign_lock:
+                    self._foreign.pop(fault.id, None)
+                remove_foreign_ca(self.cp.ca.ca_dir, fault.id)
 
     async def expire_forever(self) -> None:
         """The daemon's timer: revert faults whose TTL ran out, whether or not a client is attached."""

@@ -1,4 +1,5 @@
-"""Transparent capture without a container: the rule builder, the plan's cluster VIPs, the ztunnel's side.
+"""Transparent capture without a container: the rule builder, the plan's cluster VIPs, the ztunnel's side,
+and the L7 proxies' part (sidecar ports and rules, proxy addresses on the lab network, marked sockets).
 
 The rules are checked as text here and against a real kernel by tests/lab/test_docker_ambient.py.
 """
@@ -13,12 +14,18 @@ from pathlib import Path
 
 import pytest
 
-from lab import capture, mesh
+from lab import capture, dataplane, mesh
 from lab.capture import CapturedWorkload, CaptureSpec, SidecarCapture
+from lab.errors import LabError, ProvisionError
 from lab.orchestrator import _state_document
 from lab.plan import plan_lab
+from lab.providers.base import ExecResult
 from lab.topology.loader import load_topology
 
+from agents.node.resolver import Resolver
+from agents.proxy.connect import tcp_connect
+from agents.proxy.sidecar import _listen_addresses as sidecar_listen_addresses
+from agents.proxy.view import MeshView
 from agents.ztunnel import transparent
 from agents.ztunnel.config import ConfigError, parse_snapshot
 from agents.ztunnel.listeners import CaptureListeners
@@ -217,3 +224,103 @@ async def test_a_wildcard_that_cannot_be_bound_restores_the_old_sockets() -> Non
             assert set(listeners.sockets) == old
         finally:
             await listeners.close()
+
+
+# ---------------------------------------------------------------- L7 proxies on docker nodes
+
+def test_each_sidecar_of_a_node_has_capture_ports_of_its_own_and_outbound_rules_come_first() -> None:
+    state = docker_state("sidecar")
+    spec = capture.capture_spec(state, "node-3")
+    assert spec.ambient == ()
+    assert [(s.name, s.outbound_port, s.inbound_port) for s in spec.sidecars] == [
+        ("reviews-v2", 15101, 15106), ("reviews-v3", 15111, 15116), ("ratings-v1", 15121, 15126)]
+    assert spec.sidecars[2].address == state["workloads"]["ratings-v1"]["address"]
+    lines = capture.rules(spec).splitlines()
+    outbound = [i for i, line in enumerate(lines) if "outbound of" in line]
+    inbound = [i for i, line in enumerate(lines) if "inbound of" in line]
+    # reviews-v2 dialling reviews-v3 by address must reach its own sidecar, not reviews-v3's inbound side
+    assert len(outbound) == 3 and len(inbound) == 6 and max(outbound) < min(inbound)
+
+
+def test_docker_workloads_have_sidecar_addresses_on_the_lab_network_from_the_plan() -> None:
+    state = docker_state(local_node="node-1")
+    assert [state["workloads"][w]["sidecarAddress"] for w in ("details-v1", "reviews-v1", "ratings-v1")] == [
+        "10.210.7.128", "10.210.7.129", "10.210.7.132"]
+    assert state["workloads"]["details-v1"]["sidecarPorts"] == {"outbound": 15101, "inbound": 15106}
+    assert state["workloads"]["productpage-v1"]["sidecarPorts"] is None  # local: explicit capture
+    topo = load_topology(TOPOLOGIES / "bookinfo.yaml")
+    nodes = [replace(n, provider="docker") for n in topo.nodes]
+    plan = plan_lab(replace(topo, nodes=nodes), "127.150.0.0/16", "bookinfo", lambda n: AGENT, "10.210.7.0/24")
+    node2 = next(n for n in plan.nodes if n.name == "node-2")  # its eth0 carries the sidecars' addresses too
+    assert node2.workload_addresses == ("10.210.7.33", "10.210.7.34", "10.210.7.129", "10.210.7.130")
+
+
+def test_waypoints_on_docker_nodes_get_lab_network_addresses() -> None:
+    state = docker_state()
+    state["docker"] = {"subnet": "10.210.7.0/24", "gateway": "10.210.7.1"}
+    first = dataplane.add_waypoint(state, "bookinfo")
+    second = dataplane.add_waypoint(state, "bookinfo", "ratings")
+    assert (first["node"], first["address"]) == ("node-1", "10.210.7.224")
+    assert (second["node"], second["address"]) == ("node-3", "10.210.7.225")
+    dataplane.remove_waypoint(state, "bookinfo")
+    assert dataplane.add_waypoint(state, "bookinfo", "details")["address"] == "10.210.7.224"  # freed, reused
+    state["nodes"]["node-2"]["provider"] = "ssh"
+    with pytest.raises(LabError, match="waypoints run on local and docker nodes only"):
+        dataplane.add_waypoint(state, "bookinfo", "reviews")
+
+
+def test_a_sidecar_caller_on_a_docker_node_is_answered_with_the_vip() -> None:
+    state = docker_state("sidecar", local_node="node-1")
+    table = mesh.resolver_table(state, "node-2")
+    assert table["capture"] == "transparent" and table["sidecars"] == {}
+    details = state["workloads"]["details-v1"]["address"]
+    answer = Resolver(table).resolve("ratings", 9080, "bookinfo", source=details)
+    assert (answer.address, answer.port, answer.via) == ("10.96.0.19", 9080, "sidecar")
+    local = mesh.resolver_table(state, "node-1")  # explicit capture: the caller's sidecar address
+    productpage = state["workloads"]["productpage-v1"]
+    assert local["sidecars"] == {productpage["address"]: productpage["sidecarAddress"]}
+
+
+def test_a_sidecar_on_a_docker_node_listens_on_its_two_redirect_ports() -> None:
+    state = docker_state("sidecar")
+    raw = mesh.sidecar_snapshot(state, "reviews-v3", NO_POLICY, 60)
+    assert raw["proxy"]["capturePorts"] == {"outbound": 15111, "inbound": 15116}
+    view = MeshView(parse_snapshot(raw, "node-3"), "sidecar")
+    workload = view.snapshot.by_name[("bookinfo", "reviews-v3")]
+    assert sidecar_listen_addresses(view, workload, raw["proxy"]["address"]) == {
+        ("outbound", "0.0.0.0", 15111), ("inbound", "0.0.0.0", 15116)}
+    assert view.snapshot.upstream_mark == transparent.PROXY_MARK
+    raw["proxy"]["capturePorts"] = None
+    with pytest.raises(ConfigError, match="proxy.capturePorts"):
+        sidecar_listen_addresses(MeshView(parse_snapshot(raw, "node-3"), "sidecar"), workload, "10.210.7.133")
+
+
+async def test_plain_upstream_sockets_of_the_l7_proxies_carry_the_mark() -> None:
+    server = await asyncio.start_server(lambda r, w: w.close(), "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    try:
+        for mark, expected in ((transparent.PROXY_MARK, 0x539), (None, 0)):
+            _, writer = await tcp_connect("127.0.0.1", port, None, 2.0, mark)
+            assert writer.get_extra_info("socket").getsockopt(socket.SOL_SOCKET, socket.SO_MARK) == expected
+            writer.close()
+    finally:
+        server.close()
+        await server.wait_closed()
+
+
+async def test_a_proxy_address_that_cannot_be_added_names_the_node_and_the_address() -> None:
+    class Node:
+        def __init__(self, code: int) -> None:
+            self.code, self.scripts = code, []
+
+        async def exec(self, node: str, argv: list[str], timeout: float = 60.0) -> ExecResult:
+            self.scripts.append(argv[-1])
+            return ExecResult(self.code, "", "RTNETLINK answers: Operation not permitted\n")
+
+    ok = Node(0)
+    await capture.set_proxy_address(ok, "node-1", "10.210.7.224")
+    await capture.set_proxy_address(ok, "node-1", "10.210.7.224", present=False)
+    assert ok.scripts == ["ip -4 -o addr show dev eth0 | grep -q ' 10.210.7.224/' || ip addr add 10.210.7.224/32 dev eth0",
+                          "! ip -4 -o addr show dev eth0 | grep -q ' 10.210.7.224/' || ip addr del 10.210.7.224/32 dev eth0"]
+    with pytest.raises(ProvisionError, match="node node-1: cannot add the proxy address 10.210.7.224: RTNETLINK"):
+        await capture.set_proxy_address(Node(2), "node-1", "10.210.7.224")
