@@ -232,9 +232,10 @@ def test_outlier_detection_ejects_the_failing_host(applied, mode) -> None:
     before = requests_total(mode, reporter=reporter(mode), destination_workload="echo-v2")
     result = load("echo:8080/", "-n", "100", "-c", "1", source="sleep")
     to_failing = requests_total(mode, reporter=reporter(mode), destination_workload="echo-v2") - before
-    # After its first 503 echo-v2 is ejected for 30 s: (almost) everything goes to echo-v1.
-    assert result["codes"].get("200", 0) >= 97, result["codes"]
-    assert to_failing <= 3, to_failing
+    # No retries (the file's VirtualService), round robin: echo-v2 gets a request within the first two, answers
+    # 503, and is ejected for 30 s; everything after goes to echo-v1. Without ejection half would fail.
+    assert 1 <= result["codes"].get("503", 0) <= 3 and result["codes"].get("200", 0) >= 97, result["codes"]
+    assert 1 <= to_failing <= 3, to_failing
 
 
 # ---------------------------------------------------------------- authorization
