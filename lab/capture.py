@@ -32,6 +32,11 @@ node by address must reach its own sidecar first, not the other one's inbound si
 
 An L7 proxy of a docker node (a waypoint, a sidecar) has an address of the lab network of its own, a /32
 on the node's eth0 like the workloads' (`set_proxy_address` adds or removes one live).
+
+An ssh node captures transparently when its settings say `capture: transparent` (the login is root or
+has passwordless sudo; the provider checked). Its workloads keep their loopback addresses, so the rules
+add a route of the service CIDR through `lo` (`loopback_workloads`): the kernel refuses a 127/8 source
+on any other interface. Not root: the rules go through `sudo -n` (the provider's `as_root`).
 """
 
 from __future__ import annotations
@@ -50,8 +55,13 @@ HOOKS = (("OUTPUT", OUTPUT_CHAIN), ("PREROUTING", PREROUTING_CHAIN))
 TRANSPARENT_PROVIDERS = ("docker",)
 
 
-def capture_of(provider: str) -> str:
-    """How a node of `provider` captures traffic: `transparent` (iptables) or `explicit` (the resolver)."""
+def capture_of(provider: str, settings: dict[str, Any] | None = None) -> str:
+    """How a node of `provider` captures traffic: `transparent` (iptables) or `explicit` (the resolver).
+
+    Docker nodes always capture transparently; an ssh node when its `ssh.capture` asks for it."""
+    if provider == "ssh":
+        wanted = ((settings or {}).get("ssh") or {}).get("capture")
+        return "transparent" if wanted == "transparent" else "explicit"
     return "transparent" if provider in TRANSPARENT_PROVIDERS else "explicit"
 
 
@@ -83,6 +93,7 @@ class CaptureSpec:
     ambient: tuple[CapturedWorkload, ...] = ()
     sidecars: tuple[SidecarCapture, ...] = ()
     service_cidr: str = SERVICE_CIDR
+    loopback_workloads: bool = False  # workloads on 127/8 (an ssh node): the service CIDR is routed through lo
 
     @property
     def empty(self) -> bool:
@@ -104,7 +115,8 @@ def capture_spec(state: dict[str, Any], node: str) -> CaptureSpec:
             raise ProvisionError(f"workload {name}: no sidecar capture ports in the lab state "
                                  f"(written by an older meshlab?): `meshlab up` the lab again")
         sidecars.append(SidecarCapture(name, w["address"], _ports(w), int(ports["outbound"]), int(ports["inbound"])))
-    return CaptureSpec(node, ambient, tuple(sidecars))
+    loopback = state["nodes"][node].get("provider") == "ssh"
+    return CaptureSpec(node, ambient, tuple(sidecars), loopback_workloads=loopback)
 
 
 def _ports(w: dict[str, Any]) -> tuple[int, ...]:
@@ -184,16 +196,22 @@ def script(spec: CaptureSpec) -> str:
         for hook, chain in HOOKS:
             steps += [f"while iptables -w -t nat -D {hook} -j {chain} 2>/dev/null; do :; done",
                       f"iptables -w -t nat -F {chain} 2>/dev/null", f"iptables -w -t nat -X {chain} 2>/dev/null"]
+        if spec.loopback_workloads:
+            steps.append(f"ip route del {spec.service_cidr} dev lo 2>/dev/null")
         return "\n".join(steps) + "\ntrue\n"
     steps = ["set -e", "iptables-restore -w --noflush <<'MESHLAB_RULES'", rules(spec) + "MESHLAB_RULES"]
     for hook, chain in HOOKS:  # hooked once, first: before Docker's own nat rules
         steps.append(f"iptables -w -t nat -C {hook} -j {chain} 2>/dev/null || iptables -w -t nat -I {hook} 1 -j {chain}")
+    if spec.loopback_workloads:  # a 127/8 source may leave only through lo: VIPs go there, then REDIRECT
+        steps.append(f"ip route replace {spec.service_cidr} dev lo")
     return "\n".join(steps) + "\n"
 
 
 async def install(provider: Any, node: str, spec: CaptureSpec) -> None:
     """Apply `spec` in `node` through its provider; ProvisionError with iptables' own words on failure."""
-    done = await provider.exec(node, ["sh", "-c", script(spec)], timeout=20)
+    argv = ["sh", "-c", script(spec)]
+    as_root = getattr(provider, "as_root", None)  # an ssh node whose login is not root: through sudo
+    done = await provider.exec(node, as_root(node, argv) if as_root else argv, timeout=20)
     if done.exit_code != 0:
         raise ProvisionError(f"node {node}: cannot write its capture rules: {(done.stderr or done.stdout).strip()}")
 

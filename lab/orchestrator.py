@@ -24,7 +24,7 @@ from lab import capture, dataplane, mesh
 from lab.addressing import allocate_block, block_in_use, docker_candidates, docker_gateway
 from lab.ca import DEFAULT_TTL, LabCA
 from lab.client import LabClient
-from lab.controlplane import readiness
+from lab.controlplane import reach, readiness
 from lab.controlplane.bootstrap import AGENT_CHANNEL_PORT, channel_addresses, node_channel_address, node_tokens
 from lab.handle import Lab, load_origin
 from lab.controlplane.launch import ensure_control_plane, running_pid
@@ -103,7 +103,7 @@ def _state_document(plan: LabPlan, source: str, status: str, previous: dict[str,
         "createdAt": (previous or {}).get("createdAt", time.time()),
         "updatedAt": time.time(),
         "nodes": {n.name: {"provider": plan.node_provider(n.name), "address": n.address, "index": n.index,
-                           "capture": capture.capture_of(plan.node_provider(n.name))}
+                           "capture": capture.capture_of(plan.node_provider(n.name), n.settings)}
                   for n in plan.nodes},
         "namespaces": {ns.name: {"mode": ns.mode, "waypoint": ns.waypoint} for ns in topo.namespaces},
         "services": {f"{s.name}.{s.namespace}": {
@@ -241,7 +241,7 @@ async def _start_proxies(provider: Provider, doc: dict[str, Any], node: str, cp:
         return
     await asyncio.gather(*(provider.start_process(node, spec) for spec in specs))
     addresses = [w["address"] for w in here] + [doc["workloads"][w]["sidecarAddress"] for w in sidecars]
-    not_ready = await readiness.wait_ready(addresses, timeout)
+    not_ready = await readiness.wait_ready(addresses, timeout, reach.routes(doc))
     if not_ready:
         raise ProvisionError(f"{node}: L7 proxies at {', '.join(not_ready)} not ready within {timeout:.0f}s "
                              f"(see `meshlab logs {node}/<proxy>`)")
@@ -300,7 +300,7 @@ async def _join_node(lab: Lab, plan: LabPlan, doc: dict[str, Any], client: LabCl
     if node in readiness.ambient_nodes(doc):
         # Ambient workloads here: the ztunnel must serve (config applied, certificates in hand) before them.
         answer = await asyncio.to_thread(client.wait_synced, timeout, [f"ztunnel/{node}"])
-        if not answer["synced"] or await readiness.wait_ready([spec.address], timeout):
+        if not answer["synced"] or await readiness.wait_ready([spec.address], timeout, reach.routes(doc)):
             tail = await provider.logs(node, "ztunnel", tail=5)
             raise ProvisionError(f"ztunnel of {node} not ready within {timeout:.0f}s:\n"
                                  + "\n".join(f"    | {line}" for line in tail.splitlines()[-5:]))
@@ -375,7 +375,7 @@ async def status(name: str) -> dict[str, Any]:
             try:
                 info = await provider.node_info(node)
                 entry["state"] = info.state
-                for key in ("connection", "capture", "captureCapability", "captureReason"):  # ssh nodes
+                for key in ("connection", "capture", "captureCapability", "captureReason", "agentsVia"):  # ssh nodes
                     if key in info.details:
                         entry[key] = info.details[key]
                 entry["processes"] = [_process_json(p) for p in await provider.list_processes(node)]

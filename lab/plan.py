@@ -60,6 +60,16 @@ def _provider_of(topology: Topology, node: str) -> str:
     return topology.node(node).provider or topology.provider
 
 
+def _transparent(topology: Topology, node: str, docker_subnet: str | None) -> bool:
+    """Whether the node captures with iptables: a docker node (on its lab network), an ssh node that asks."""
+    kind = _provider_of(topology, node)
+    if kind == "docker":
+        return bool(docker_subnet)
+    from lab.capture import capture_of
+
+    return capture_of(kind, topology.node(node).settings) == "transparent"
+
+
 def place_workloads(topology: Topology, block: str, docker_subnet: str | None = None) -> list[WorkloadPlacement]:
     """Give every workload an address: on its node's /24 (local), on the lab network (docker); topology order."""
     index = {n.name: i for i, n in enumerate(topology.nodes)}
@@ -80,6 +90,8 @@ def place_workloads(topology: Topology, block: str, docker_subnet: str | None = 
             address = workload_address(block, index[w.node], slot)
             sidecar = sidecar_address(block, index[w.node], slot)
             capture = inbound_capture(block, index[w.node], slot)
+            if _transparent(topology, w.node, docker_subnet):  # an ssh node: loopback addresses, iptables
+                ports, capture = sidecar_capture_ports(slot), ""
         placements.append(WorkloadPlacement(w, w.node, address, _workload_port(topology, w), capture, sidecar,
                                             ports))
     return placements
@@ -176,13 +188,13 @@ def plan_lab(topology: Topology, block: str, lab: str,
             addr = node_address(block, i)
         mine = [p for p in placements if p.node == n.name]
         # A docker node's eth0 carries its workloads' addresses and their sidecars' (bound in sidecar mode).
-        extra = tuple(p.sidecar for p in mine if p.sidecar_ports)
+        extra = tuple(p.sidecar for p in mine if p.sidecar_ports and _provider_of(topology, n.name) == "docker")
         nodes.append(NodeSpec(lab=lab, name=n.name, index=i, address=addr,
                               workload_addresses=tuple(p.address for p in mine) + extra, settings=settings))
         processes[n.name] = [workload_process(topology, p, addr, agent_command(n.name)) for p in mine]
-    # Explicit capture: a VIP per node (where its ztunnel listens); transparent (docker): one cluster VIP.
-    vips = {f"{s.name}.{s.namespace}": {n.name: cluster_vip(k) if docker_subnet and _provider_of(topology, n.name)
-                                        == "docker" else service_vip(block, i, k)
+    # Explicit capture: a VIP per node (where its ztunnel listens); transparent (docker, ssh): one cluster VIP.
+    vips = {f"{s.name}.{s.namespace}": {n.name: cluster_vip(k) if _transparent(topology, n.name, docker_subnet)
+                                        else service_vip(block, i, k)
                                         for i, n in enumerate(topology.nodes)}
             for k, s in enumerate(topology.services)}
     return LabPlan(topology, block, nodes, placements, processes, vips)

@@ -127,9 +127,10 @@ class LabApi:
         return 200, await orchestrator.status(self.cp.lab)
 
     async def traffic(self, req: ApiRequest) -> tuple[int, Any]:
+        from lab.controlplane import reach
         from lab.controlplane.proxies import agent_addresses
 
-        return 200, await self.cp.traffic.snapshot(agent_addresses(self.cp.state))
+        return 200, await self.cp.traffic.snapshot(agent_addresses(self.cp.state), reach.routes(self.cp.state))
 
     async def logs(self, req: ApiRequest) -> tuple[int, Any]:
         from lab.handle import Lab

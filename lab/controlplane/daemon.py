@@ -28,7 +28,7 @@ from lab.ca import LabCA, NodeAuthorizer
 from lab.controlplane.api import LabApi
 from lab.controlplane.bootstrap import AGENT_CHANNEL_PORT, api_token, channel_addresses, node_tokens
 from lab.controlplane.channel import AgentChannelServer
-from lab.controlplane import readiness
+from lab.controlplane import reach, readiness
 from lab.controlplane.httpserver import JsonApiServer
 from lab.controlplane.loads import LoadRuns
 from lab.controlplane.proxies import (ProxyControl, failures_between, mesh_failures, sidecar_process_of,
@@ -146,7 +146,8 @@ class ControlPlane:
             await self.proxies.start_sidecars(self.state, members)
             # one new Python process per workload, all at once: on a busy 2-CPU node that takes a while
             await wait_proxies_ready([self.state["workloads"][w]["sidecarAddress"] for w in members],
-                                     max(timeout, SIDECAR_START_TIMEOUT), f"sidecars of namespace {namespace}")
+                                     max(timeout, SIDECAR_START_TIMEOUT), f"sidecars of namespace {namespace}",
+                                     reach.routes(self.state))
         expect = [f"ztunnel/{node}" for node in self.state["nodes"]]
         if mode == "none":
             await self.push_resolver_tables()
@@ -158,7 +159,7 @@ class ControlPlane:
             synced = await self.channel.wait_synced(timeout, expect)
             if mode == "ambient":
                 nodes = [self.state["nodes"][n]["address"] for n in readiness.ambient_nodes(self.state)]
-                not_ready = await readiness.wait_ready(nodes, timeout)
+                not_ready = await readiness.wait_ready(nodes, timeout, reach.routes(self.state))
                 if not_ready:
                     raise LabError(f"ztunnels at {', '.join(not_ready)} are not ready after {timeout:.0f}s; "
                                    f"namespace {namespace} stays enrolled, but callers keep going direct "
@@ -203,7 +204,7 @@ class ControlPlane:
             self._authorizer = NodeAuthorizer(mesh.node_identities(self.state))
             self.channel.publish()  # the waypoint's own config exists from here on
             await self.proxies.start_waypoint(self.state, entry)
-            await wait_proxies_ready([entry["address"]], timeout, f"waypoint {key}")
+            await wait_proxies_ready([entry["address"]], timeout, f"waypoint {key}", reach.routes(self.state))
             version = self.channel.publish()
             synced = await self.channel.wait_synced(timeout, expect)
         else:

@@ -9,13 +9,12 @@ applied, certificate in hand, listeners bound).
 from __future__ import annotations
 
 import asyncio
-import urllib.request
 from typing import Any
 
 from prometheus_client.parser import text_string_to_metric_families
 
 from lab import capture
-from lab.controlplane import readiness
+from lab.controlplane import reach, readiness
 from lab.controlplane.bootstrap import AGENT_CHANNEL_PORT, node_channel_address
 from lab.dataplane import (proxy_process_name, sidecar_agent, sidecar_process, sidecar_workloads, waypoint_agent,
                            waypoint_process, waypoints)
@@ -115,9 +114,10 @@ def sidecar_process_of(state: dict[str, Any], workload: str) -> tuple[str, str]:
     return state["workloads"][workload]["node"], proxy_process_name(sidecar_agent(workload))
 
 
-async def wait_proxies_ready(addresses: list[str], timeout: float, what: str) -> None:
+async def wait_proxies_ready(addresses: list[str], timeout: float, what: str,
+                             routes: reach.Routes | None = None) -> None:
     """Wait for the proxies at `addresses` to answer ready; LabError naming those that did not."""
-    not_ready = await readiness.wait_ready(addresses, timeout)
+    not_ready = await readiness.wait_ready(addresses, timeout, routes)
     if not_ready:
         raise LabError(f"{what} at {', '.join(not_ready)} not ready after {timeout:.0f}s "
                        f"(see `meshlab logs NODE/PROCESS`)")
@@ -131,13 +131,13 @@ def agent_addresses(state: dict[str, Any]) -> list[str]:
     return addresses
 
 
-def _failures_at(address: str) -> int:
+def _failures_at(address: str, routes: reach.Routes | None = None) -> int:
     """Failed requests and connections one agent has counted: 5xx or no response at L7, flagged closes at L4."""
     try:
-        with urllib.request.urlopen(f"http://{address}:15020/metrics", timeout=2) as r:
-            text = r.read().decode()
+        status, body = reach.get(address, 15020, "/metrics", 2, routes)
     except (OSError, ValueError):
         return 0
+    text = body.decode(errors="replace") if status == 200 else ""
     failed = 0.0
     for family in text_string_to_metric_families(text):
         for s in family.samples:
@@ -154,7 +154,8 @@ async def mesh_failures(*states: dict[str, Any]) -> dict[str, int]:
     """address -> failures counted so far, for every agent of the lab in any of `states` (read before and after
     a change, with the old and the new state, so proxies on their way in or out are read too)."""
     addresses = sorted({a for state in states for a in agent_addresses(state)})
-    counts = await asyncio.gather(*(asyncio.to_thread(_failures_at, a) for a in addresses))
+    routes = {a: via for state in states for a, via in reach.routes(state).items()}
+    counts = await asyncio.gather(*(asyncio.to_thread(_failures_at, a, routes) for a in addresses))
     return dict(zip(addresses, counts))
 
 

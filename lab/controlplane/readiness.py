@@ -4,25 +4,27 @@ from __future__ import annotations
 
 import asyncio
 import time
-import urllib.request
+
+from lab.controlplane import reach
 
 READY_PORT = 15021
 
 
-def _ready(address: str) -> bool:
+def _ready(address: str, routes: reach.Routes | None) -> bool:
     try:
-        with urllib.request.urlopen(f"http://{address}:{READY_PORT}/healthz/ready", timeout=1) as r:
-            return r.status == 200
+        return reach.get(address, READY_PORT, "/healthz/ready", 1, routes)[0] == 200
     except (OSError, ValueError):
         return False
 
 
-async def wait_ready(addresses: list[str], timeout: float) -> list[str]:
-    """Poll each address's `/healthz/ready` until all answer 200; returns those that never did."""
+async def wait_ready(addresses: list[str], timeout: float, routes: reach.Routes | None = None) -> list[str]:
+    """Poll each address's `/healthz/ready` until all answer 200; returns those that never did.
+
+    `routes` (`reach.routes(state)`) says which agents the lab reaches through their ssh node."""
     pending = list(addresses)
     deadline = time.monotonic() + timeout
     while pending:
-        results = await asyncio.gather(*(asyncio.to_thread(_ready, a) for a in pending))
+        results = await asyncio.gather(*(asyncio.to_thread(_ready, a, routes) for a in pending))
         pending = [a for a, ok in zip(pending, results) if not ok]
         if not pending or time.monotonic() > deadline:
             break

@@ -24,12 +24,13 @@ from __future__ import annotations
 
 import asyncio
 import time
-import urllib.request
 from collections import defaultdict
 from dataclasses import dataclass, field
 from typing import Any
 
 from prometheus_client.parser import text_string_to_metric_families
+
+from lab.controlplane import reach
 
 METRICS_PORT = 15020
 TCP_COUNTERS = {
@@ -162,12 +163,12 @@ def attribute_local_replies(edges: dict[EdgeKey, Edge]) -> dict[EdgeKey, Edge]:
     return edges
 
 
-def _scrape(address: str) -> str:
+def _scrape(address: str, routes: reach.Routes | None = None) -> str:
     try:
-        with urllib.request.urlopen(f"http://{address}:{METRICS_PORT}/metrics", timeout=2) as r:
-            return r.read().decode()
+        status, body = reach.get(address, METRICS_PORT, "/metrics", 2, routes)
     except (OSError, ValueError):
         return ""
+    return body.decode(errors="replace") if status == 200 else ""
 
 
 class TrafficView:
@@ -177,8 +178,10 @@ class TrafficView:
         self._last: tuple[float, dict[EdgeKey, dict[str, float]]] | None = None
         self._buckets: dict[EdgeKey, dict[float, float]] = {}  # latency buckets at the last scrape
 
-    async def snapshot(self, addresses: list[str]) -> dict[str, Any]:
-        texts = await asyncio.gather(*(asyncio.to_thread(_scrape, a) for a in addresses))
+    async def snapshot(self, addresses: list[str], routes: reach.Routes | None = None) -> dict[str, Any]:
+        """Scrape the agents at `addresses` (through their ssh node where `routes` says so) and fold the edges."""
+        texts = await asyncio.gather(*(asyncio.to_thread(_scrape, a, routes) if routes and a in routes
+                                       else asyncio.to_thread(_scrape, a) for a in addresses))
         now = time.monotonic()
         edges = fold([t for t in texts if t])
         counters = {k: {**e.totals, "requests": sum(e.codes.values()), "errors": e.errors}

@@ -25,6 +25,7 @@ from pathlib import Path
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
+from lab import capture
 from lab.errors import ProviderNotSupported, ProvisionError
 from lab.providers import proctags, sshhost, sshtunnel
 from lab.providers.base import ExecResult, NodeInfo, NodeSpec
@@ -37,6 +38,12 @@ T = TypeVar("T")
 
 START_TIMEOUT = 15.0
 AGENT_WRAPPER = "#!/bin/sh\n# the agent zipapp on the interpreter the topology names (ssh.python)\nexec {python} \"$(dirname \"$0\")/agents.pyz\" \"$@\"\n"
+
+
+def capture_of_target(setting: str | None) -> str:
+    """The capture an ssh node uses: transparent only when its settings ask for it (iptables on a host the
+    lab does not own is opt-in; `auto` and `explicit` mean explicit)."""
+    return "transparent" if setting == "transparent" else "explicit"
 
 
 def registry_path() -> Path:
@@ -104,6 +111,10 @@ class SshProvider(SupervisedProvider):
         # Processes run in the node's folder; the wrapper runs the zipapp on the configured python.
         return ("./agent",)
 
+    def as_root(self, node: str, argv: list[str]) -> list[str]:
+        """`argv` as root on the node's host: itself for a root login, through `sudo -n` otherwise."""
+        return list(argv) if _is_root(self._record(node)) else ["sudo", "-n", *argv]
+
     def channel_endpoint(self, node: str) -> str:
         """Where the node's agents reach the control plane: the reverse forward on their host."""
         target, _ = self._target(node)
@@ -144,7 +155,7 @@ class SshProvider(SupervisedProvider):
         self._remember(spec.name, {"target": target.to_json(), "folder": folder,
                                    "top": f"{base}/{self.lab}" if target.dir else f"{facts.home}/.meshlab",
                                    "address": spec.address, "python": facts.python, "capture": facts.capture,
-                                   "captureReason": facts.capture_reason})
+                                   "captureReason": facts.capture_reason, "root": facts.root})
         self._paused.discard(spec.name)
         await self._install(conn, spec.name, folder, agent_pyz, target)
         ping = await self._ping(spec.name)
@@ -208,6 +219,8 @@ class SshProvider(SupervisedProvider):
                 pass
         await self._forget(name)
         await self._on_host(target, sshhost.tagged, target, "kill", self.lab, name, proctags.home_tag())
+        if target.capture == "transparent":
+            await self._on_host(target, sshhost.run, _uncapture_line(record), 30)
         await self._on_host(target, sshhost.remove_tree, folder, record["top"])
         self._forget_record(name)
         self._paused.discard(name)
@@ -238,9 +251,11 @@ class SshProvider(SupervisedProvider):
         target = record["target"]
         details: dict[str, Any] = {
             "host": target["host"], "port": target["port"], "user": target["user"], "dir": record["folder"],
-            "python": record["python"], "capture": "explicit", "captureCapability": record["capture"],
-            "captureReason": record["captureReason"], "pid": (ping or {}).get("pid"),
-            "resolver": (ping or {}).get("resolver"), "channel": f"127.0.0.1:{target['channel_port']}",
+            "python": record["python"], "capture": capture_of_target(target.get("capture")),
+            "captureCapability": record["capture"], "captureReason": record["captureReason"],
+            "pid": (ping or {}).get("pid"), "resolver": (ping or {}).get("resolver"),
+            "channel": f"127.0.0.1:{target['channel_port']}",
+            "agentsVia": sshtunnel.socks_address(self.lab_dir, name),
             "connection": sshtunnel.connection_state(self.lab_dir, name)}
         if error:
             details["error"] = error
@@ -353,12 +368,24 @@ class SshProvider(SupervisedProvider):
         await self._pool.close()
 
 
+def _is_root(record: dict[str, Any]) -> bool:
+    return bool(record.get("root", record.get("captureReason") == "login is root"))  # records before "root"
+
+
+def _uncapture_line(record: dict[str, Any]) -> str:
+    """The shell line that takes a transparent node's iptables chains and its VIP route off its host."""
+    empty = capture.script(capture.CaptureSpec(node="", loopback_workloads=True))
+    return shlex.join(([] if _is_root(record) else ["sudo", "-n"]) + ["sh", "-c", empty])
+
+
 async def _clean_node(lab: str, node: str, record: dict[str, Any]) -> list[str]:
     """Kill a recorded node's tagged processes on its host and remove its folder."""
     target = parse_target(node, {"ssh": record["target"]})
     conn = await connect(target)
     try:
         killed = await sshhost.tagged(conn, target, "kill", lab, "", proctags.home_tag())
+        if target.capture == "transparent":
+            await sshhost.run(conn, _uncapture_line(record), 30)
         listed = await sshhost.run(conn, f"test -e {shlex.quote(record['folder'])}", 10)
         await sshhost.remove_tree(conn, record["folder"], record["top"])
     finally:

@@ -165,6 +165,13 @@ def check_capture(target: SshTarget, facts: HostFacts) -> None:
                              "neither act as root nor use sudo without a password (`sudo -n true` failed), so it "
                              "cannot set iptables rules; log in as root, allow passwordless sudo, or set "
                              "`capture: explicit`")
+    if target.capture == "transparent" and not facts.root:
+        # sudo could write the rules, but the proxies run as the login and could not mark their own sockets
+        # (SO_MARK needs CAP_NET_ADMIN), so the rules would capture the proxies' traffic too.
+        raise ProvisionError(f"node {target.node}: ssh.capture is transparent, but on {target.where} the login is "
+                             "not root: the node's proxies run as the login and cannot mark their own sockets "
+                             "(SO_MARK needs CAP_NET_ADMIN), which the capture rules rely on; log in as root "
+                             "or set `capture: explicit`")
 
 
 async def install_file(conn: Any, src: Path, dest: str, mode: int | None = None) -> None:

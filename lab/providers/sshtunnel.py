@@ -1,8 +1,12 @@
-"""The tunnel keeper of a lab with ssh nodes: keeps the reverse forwards to the control plane up.
+"""The tunnel keeper of a lab with ssh nodes: keeps the forwards between the lab and its ssh nodes up.
 
 Agents on an ssh node reach the control plane at `127.0.0.1:<channel_port>` on their host. That
 port is a reverse forward over an SSH connection the lab holds: no inbound port is opened on
-the lab host. `meshlab up` exits, so the connections live in this small process, one per lab,
+the lab host. The other way, the lab reaches the agents' metrics and ready ports (15020, 15021)
+through a SOCKS5 listener per node on this machine's 127.0.0.1 (SSH dynamic forwarding, `ssh -D`;
+`lab.controlplane.reach` is its client): the host's sshd opens those connections on the host, so
+neither the host's address nor its loopback (where waypoints and sidecars listen) needs to be
+reachable from here. Its port is chosen once per node and kept across reconnections. `meshlab up` exits, so the connections live in this small process, one per lab,
 started by the ssh provider and tagged like every lab process (`MESHLAB_NODE=ssh-tunnels`), so
 `down` and `clean` find it. It reconnects with backoff when a connection drops (the nodes keep
 serving meanwhile: agents keep their last config and reconnect on their own).
@@ -20,6 +24,7 @@ import argparse
 import asyncio
 import json
 import os
+import socket
 import subprocess
 import sys
 import time
@@ -76,15 +81,17 @@ async def add_node(lab: str, lab_dir: Path, node: str, target: SshTarget) -> Non
     if destination is None:
         return
     tunnels = _read(_folder(lab_dir) / "tunnels.json")
+    socks_port = (tunnels.get(node) or {}).get("socksPort") or _free_port()
     tunnels[node] = {"target": target.to_json(), "remotePort": target.channel_port,
-                     "destination": [destination, AGENT_CHANNEL_PORT]}
+                     "destination": [destination, AGENT_CHANNEL_PORT], "socksPort": socks_port}
     atomic_write(_folder(lab_dir) / "tunnels.json", json.dumps(tunnels, indent=1), mode=0o600)
     if _keeper_pid(lab_dir) is None:
         _spawn(lab, lab_dir)
     deadline = time.monotonic() + CONNECT_WAIT
     while True:
         state = _read(_folder(lab_dir) / "status.json").get(node) or {}
-        if state.get("state") == "connected" and state.get("remotePort") == target.channel_port:
+        if (state.get("state") == "connected" and state.get("remotePort") == target.channel_port
+                and state.get("socksPort") == socks_port):
             return
         if time.monotonic() > deadline:
             raise ProvisionError(f"node {node}: no reverse forward to the control plane on {target.where} "
@@ -103,6 +110,18 @@ async def remove_node(lab: str, lab_dir: Path, node: str) -> None:
         await asyncio.to_thread(proctags.kill_tagged, lab, KEEPER_NODE)
         for name in ("tunnels.json", "status.json", "keeper.pid"):
             (_folder(lab_dir) / name).unlink(missing_ok=True)
+
+
+def socks_address(lab_dir: Path, node: str) -> str | None:
+    """Where the lab reaches the node's agents (a SOCKS5 listener on 127.0.0.1), None without a tunnel."""
+    port = (_read(_folder(lab_dir) / "tunnels.json").get(node) or {}).get("socksPort")
+    return f"127.0.0.1:{port}" if port else None
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
 
 
 def _keeper_pid(lab_dir: Path) -> int | None:
@@ -195,10 +214,14 @@ class Keeper:
                 for remote_port, (dest_host, dest_port) in sorted(forwards):
                     await self._forward(conn, remote_port, dest_host, dest_port)
                 for node in names:
+                    if nodes[node].get("socksPort"):
+                        await self._socks(conn, int(nodes[node]["socksPort"]))
+                for node in names:
                     previous = self.status.get(node, {})
                     reconnects = previous.get("reconnects", -1) + 1 if previous.get("connectedAt") else 0
                     self._set([node], state="connected", since=time.time(), connectedAt=time.time(),
-                              reconnects=reconnects, error=None, remotePort=nodes[node]["remotePort"])
+                              reconnects=reconnects, error=None, remotePort=nodes[node]["remotePort"],
+                              socksPort=nodes[node].get("socksPort"))
                 _say(f"{target.where}: connected, forwarding {sorted(forwards)} for {', '.join(names)}")
                 failures = 0
                 await conn.wait_closed()
@@ -216,6 +239,18 @@ class Keeper:
                     await close_quietly(conn)
             await asyncio.sleep(BACKOFF[min(failures, len(BACKOFF) - 1)])
             failures += 1
+
+    async def _socks(self, conn: Any, port: int) -> None:
+        """The node's SOCKS listener on 127.0.0.1:port; its previous one may still be closing: retry a while."""
+        for delay in (0.1, 0.2, 0.5, 1.0, 2.0, None):
+            try:
+                await conn.forward_socks("127.0.0.1", port)
+                return
+            except OSError as e:
+                if delay is None:
+                    raise ProvisionError(f"cannot listen on 127.0.0.1:{port} on the lab host for the node's "
+                                         f"agent ports: {e.strerror or e}") from None
+                await asyncio.sleep(delay)
 
     async def _forward(self, conn: Any, remote_port: int, dest_host: str, dest_port: int) -> None:
         # A listener of the dropped session may linger on the host until sshd notices: retry a while.

@@ -21,6 +21,7 @@ import yaml
 
 from lab import orchestrator
 from lab.client import LabClient
+from lab.controlplane import reach
 from lab.controlplane.proxies import agent_addresses
 from lab.controlplane.telemetry import TrafficView
 from lab.errors import LabError
@@ -109,7 +110,8 @@ class ScenarioRun:
 
     def traffic(self) -> dict[str, Any]:
         """Per-edge totals now, from every agent that reports metrics (see `lab.scenario.measure`)."""
-        return asyncio.run(self.view.snapshot(agent_addresses(LabState(self.lab).load())))
+        state = LabState(self.lab).load()
+        return asyncio.run(self.view.snapshot(agent_addresses(state), reach.routes(state)))
 
     def run(self) -> bool:
         """Every step; False if one failed or a check did not pass."""

@@ -11,10 +11,11 @@ from __future__ import annotations
 
 import json
 import re
+import shlex
+import socket
 import subprocess
 import threading
 import time
-import urllib.request
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -24,6 +25,8 @@ import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
 from lab.addressing import DOCKER_RANGE
+from lab.client import LabClient
+from lab.controlplane import reach
 from lab.providers import proctags
 from tests.providers.sshd import SshHosts
 from tests.support import labelled, meshlab
@@ -38,19 +41,21 @@ pytestmark = [pytest.mark.ssh, pytest.mark.docker, pytest.mark.slow]
 def hosts(node_image: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[SshHosts]:
     made = SshHosts(node_image, tmp_path_factory.mktemp("ssh"))
     try:
-        made.start("ssh-1")
-        made.start("ssh-2")
+        for host in ("ssh-1", "ssh-2"):
+            made.start(host)
+            made.close_agent_ports(host)  # the lab reaches 15020/15021 only through its SOCKS forwards
         yield made
     finally:
         made.close()
 
 
-def topology(tmp_path: Path, hosts: SshHosts, name: str, providers: dict[str, str]) -> Path:
-    """bookinfo under `name`, with the nodes of `providers` (node -> provider); ssh nodes on the test hosts."""
+def topology(tmp_path: Path, hosts: SshHosts, name: str, providers: dict[str, str], **ssh: str) -> Path:
+    """bookinfo under `name`, with the nodes of `providers` (node -> provider); ssh nodes on the test hosts
+    (with `ssh` as more settings)."""
     doc = yaml.safe_load(BOOKINFO.read_text())
     doc["name"] = name
     addresses = iter(str(hosts.subnet.network_address + 10 + i) for i in range(len(hosts.containers)))
-    doc["nodes"] = [{"name": node, "provider": kind, **(hosts.settings(next(addresses)) if kind == "ssh" else {})}
+    doc["nodes"] = [{"name": node, "provider": kind, **(hosts.settings(next(addresses), **ssh) if kind == "ssh" else {})}
                     for node, kind in providers.items()]
     for service in doc["services"]:
         for w in service["workloads"]:
@@ -69,13 +74,16 @@ def lab(hosts: SshHosts) -> Iterator[str]:
     meshlab("clean", name, check=False)
 
 
-def metrics(address: str) -> list:
-    with urllib.request.urlopen(f"http://{address}:15020/metrics", timeout=5) as r:
-        return [s for fam in text_string_to_metric_families(r.read().decode()) for s in fam.samples]
+def metrics(node: dict) -> list:
+    """An agent's samples, fetched as the lab does: through the ssh node's SOCKS forward (`agentsVia`)."""
+    routes = {node["address"]: node["agentsVia"]} if node.get("agentsVia") else None
+    status, body = reach.get(node["address"], 15020, "/metrics", 5, routes)
+    assert status == 200, body
+    return [s for fam in text_string_to_metric_families(body.decode()) for s in fam.samples]
 
 
 def opened(state: dict, **labels: str) -> float:
-    return sum(s.value for node in state["nodes"].values() for s in metrics(node["address"])
+    return sum(s.value for node in state["nodes"].values() for s in metrics(node)
                if s.name == "istio_tcp_connections_opened_total"
                and all(s.labels.get(k) == v for k, v in labels.items()))
 
@@ -115,6 +123,14 @@ def test_bookinfo_ambient_on_two_ssh_hosts_survives_a_dropped_session(lab: str, 
     assert (status["capture"], status["captureCapability"]) == ("explicit", "transparent")
     text = meshlab("status", lab).stdout
     assert "ssh connected" in text and "capture explicit (transparent possible: login is root)" in text
+    # The hosts drop the agents' ports from outside: up, status and traffic went through the SOCKS forwards.
+    with pytest.raises(OSError):
+        socket.create_connection((status["address"], 15021), timeout=2).close()
+    assert {n["agentsVia"].split(":")[0] for n in state["nodes"].values()} == {"127.0.0.1"}
+    traffic = LabClient(lab).traffic()
+    assert traffic["scraped"] == traffic["agents"] == 2, traffic
+    assert {(e["source"], e["destination"]) for e in traffic["edges"]} >= {
+        ("productpage-v1", "details-v1"), ("productpage-v1", "reviews-v1")}, traffic["edges"]
 
     # Kill every sshd session on the hosts, on the server's side, while traffic flows. The load runs on
     # host ssh-1 outside SSH (docker exec), so only the data plane carries it.
@@ -181,3 +197,64 @@ def test_mixed_lab_one_docker_two_ssh_nodes_serves_bookinfo_on_mtls(lab: str, ho
     meshlab("down", lab)
     assert labelled(lab) == []
     assert_nothing_left(lab, hosts)
+
+
+# A plain TCP client run on a host (outside the lab): from a workload's address to ip:port, one HTTP GET;
+# prints its own port and the status line, or the error. The mesh is invisible to it.
+PROBE = """
+import socket, sys
+src, ip, port, path = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4]
+s = socket.socket()
+s.settimeout(4)
+try:
+    s.bind((src, 0))
+    s.connect((ip, port))
+    print(s.getsockname()[1], flush=True)
+    s.sendall(f"GET {path} HTTP/1.1\\r\\nHost: probe\\r\\nConnection: close\\r\\n\\r\\n".encode())
+    data = b""
+    while chunk := s.recv(65536):
+        data += chunk
+    print(data.split(b"\\r\\n", 1)[0].decode() or "EMPTY")
+except OSError as e:
+    print("ERROR", type(e).__name__, e)
+"""
+
+
+def capture_leftovers(hosts: SshHosts, host: str) -> str:
+    code, out = hosts.sh(host, "iptables -w -t nat -S | grep MESHLAB; ip route show 10.96.0.0/16")
+    return out.strip()
+
+
+def test_transparent_capture_on_two_ssh_hosts(lab: str, hosts: SshHosts, tmp_path: Path) -> None:
+    topo = topology(tmp_path, hosts, lab, {"node-1": "ssh", "node-2": "ssh"}, capture="transparent")
+    state = serve_in_ambient_with_mtls(lab, topo)
+    assert {n["capture"] for n in state["nodes"].values()} == {"transparent"}
+    assert {s["vips"]["node-1"] for s in state["services"].values()} <= {f"10.96.0.{i}" for i in range(256)}
+    assert "capture transparent (transparent possible: login is root)" in meshlab("status", lab).stdout
+
+    # productpage's host: a plain socket from its address to the details VIP is taken to the ztunnel (iptables)
+    # and carried to details' node over HBONE with mutual TLS.
+    w = state["workloads"]["productpage-v1"]
+    host = f"ssh-{w['node'].split('-')[1]}"
+    vip = state["services"]["details.bookinfo"]["vips"][w["node"]]
+    edge = {"source_workload": "productpage-v1", "destination_workload": "details-v1",
+            "connection_security_policy": "mutual_tls"}
+    before = opened(state, reporter="destination", **edge)
+    code, out = hosts.sh(host, shlex.join(["python3", "-c", PROBE, w["address"], vip, "9080", "/details/0"]))
+    lines = out.splitlines()
+    assert code == 0 and len(lines) == 2 and lines[0].isdigit() and lines[1] == "HTTP/1.1 200 OK", out
+    assert opened(state, reporter="destination", **edge) - before >= 1
+    source = f"{w['address']}:{lines[0]}"
+    log = f"/root/.meshlab/labs/{lab}/{w['node']}/logs/ztunnel.log"
+    code, found = hosts.sh(host, f"grep -F {shlex.quote(source)} {log}")
+    assert code == 0, f"no access log entry from {source} in {log}"
+    entry = json.loads(found.splitlines()[-1])
+    assert entry["direction"] == "outbound" and entry["protocol"] == "hbone" and entry["outcome"] == "ok"
+    assert entry["destination"]["address"] == f"{vip}:9080"
+    assert "-A OUTPUT -j MESHLAB_OUTPUT" in capture_leftovers(hosts, host)
+
+    down = json.loads(meshlab("down", lab, "--json").stdout)
+    assert down["errors"] == []
+    assert_nothing_left(lab, hosts)
+    for h in hosts.containers:
+        assert capture_leftovers(hosts, h) == "", h

@@ -71,7 +71,8 @@ class SshHosts:
         self._next += 1
         container = self.client.containers.create(
             self.image, ["sh", "-c", BOOT.format(extra=extra)], name=f"{self.tag}-{name}", hostname=name,
-            environment={"PUBKEY": self.public_key}, labels={TEST_LABEL: "ssh"}, init=True, detach=True)
+            environment={"PUBKEY": self.public_key}, labels={TEST_LABEL: "ssh"}, init=True, detach=True,
+            cap_add=["NET_ADMIN"])  # iptables: transparent capture, and tests that close ports to the lab host
         self.client.api.disconnect_container_from_network(container.id, "bridge")
         self.client.api.connect_container_to_network(container.id, self.network.id, ipv4_address=address)
         container.start()
@@ -80,6 +81,12 @@ class SshHosts:
         if trust:
             self.trust(address)
         return address
+
+    def close_agent_ports(self, name: str) -> None:
+        """Drop TCP to the agents' metrics and ready ports (15020, 15021) but from the host itself: the lab
+        host must reach them through its forwards, as with a VM whose firewall lets only SSH in."""
+        code, out = self.sh(name, "iptables -w -I INPUT ! -i lo -p tcp -m multiport --dports 15020,15021 -j DROP")
+        assert code == 0, out
 
     def trust(self, address: str) -> None:
         key = asyncio.run(asyncssh.get_server_host_key(address, 22))

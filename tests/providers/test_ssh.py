@@ -91,7 +91,7 @@ async def test_one_connection_per_host_and_node_details(provider: SshProvider, a
     info = await provider.node_info("node-1")
     assert info.details["host"] == node_address and info.details["python"].startswith("3.")
     assert (info.details["captureCapability"], info.details["captureReason"]) == ("transparent", "login is root")
-    assert info.details["capture"] == "explicit"  # until the ztunnel's transparent capture is there
+    assert info.details["capture"] == "explicit"  # transparent only when the node's settings ask for it
     assert info.details["dir"].endswith(f"/.meshlab/labs/{provider.lab}/node-1")
 
 
