@@ -42,6 +42,8 @@ class FaultKind:
     def target_hint(self) -> str:
         """What the target field takes, in words: 'service, workload or SRC->DST'."""
         words = [("SRC->DST" if t == "edge" else t) for t in self.targets]
+        if not words:
+            return "no target (the whole lab)"
         return ", ".join(words[:-1]) + " or " + words[-1] if len(words) > 1 else words[0]
 
     @property
@@ -91,6 +93,11 @@ KINDS: tuple[FaultKind, ...] = (
               "give a workload an expired certificate until removed: its new connections fail"),
     FaultKind("revoke", "security", ("workload",),
               "revoke a workload's identity until removed: the CA refuses it, peers refuse it"),
+    FaultKind("foreign_ca", "security", ("workload",),
+              "give a workload a certificate from a CA the lab does not trust, until removed"),
+    FaultKind("rotate_root", "security", (), "rotate the lab's root CA and re-issue every certificate",
+              (FaultParam("overlap", "true: trust old and new root meanwhile; false: swap at once", "true"),),
+              one_shot=True),
 )
 BY_NAME = {k.name: k for k in KINDS}
 

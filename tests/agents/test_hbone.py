@@ -294,9 +294,17 @@ async def _greet_then_half_close(reader: asyncio.StreamReader, writer: asyncio.S
     writer.close()
 
 
+SLOW_TARGET_GATE: dict[str, asyncio.Event] = {}
+
+
 async def _slow_digest(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-    """Reads nothing for a while (so the tunnel's window fills up), then digests like `_digest_after_eof`."""
-    await asyncio.sleep(0.5)
+    """Reads nothing until the test opens the gate (so the tunnel's window fills up; at most 10 s), then digests
+    like `_digest_after_eof`. A gate, not a sleep: on a busy machine a fixed sleep can end before the test looks."""
+    gate = SLOW_TARGET_GATE.setdefault("slow", asyncio.Event())
+    try:
+        await asyncio.wait_for(gate.wait(), 10)
+    except asyncio.TimeoutError:
+        pass
     await _digest_after_eof(reader, writer)
 
 
@@ -473,11 +481,13 @@ async def test_a_target_reset_resets_the_stream(lab: Lab) -> None:
 async def test_a_slow_target_holds_the_sender_back_without_losing_or_stalling(lab: Lab) -> None:
     from agents.hbone.connection import STREAM_WINDOW
 
+    SLOW_TARGET_GATE["slow"] = asyncio.Event()
     tunnel = await lab.connect("slow")
     payload = os.urandom(3 * STREAM_WINDOW)
     writing = asyncio.ensure_future(tunnel.write(payload))
     await asyncio.sleep(0.3)  # the target has not read yet: flow control stops us at about one window
     assert not writing.done() and tunnel.bytes_sent <= STREAM_WINDOW + (16 << 20)
+    SLOW_TARGET_GATE["slow"].set()
     await asyncio.wait_for(writing, 30)
     tunnel.write_eof()
     answer = b""

@@ -300,8 +300,9 @@ async def test_workload_identity_and_certificate(tui_lab: str, client: LabClient
         await pilot.press("c")
         text = await wait_for_text(pilot, "URI SAN", "spiffe://cluster.local/ns/bookinfo/sa/bookinfo-productpage",
                                    "serial", "rotation", "(at half-life)")
-        serial = next(c["serial"] for c in client.certs()["certificates"] if c["identity"].endswith("productpage"))
-        assert serial in text
+        # the certificate its node's ztunnel holds (an earlier test's sidecar may still hold another one)
+        serials = {c["serial"] for c in client.certs()["certificates"] if c["identity"].endswith("productpage")}
+        assert any(serial in text for serial in serials), (serials, text)
         await pilot.press("escape")
         assert isinstance(app.screen, MainScreen)
 
