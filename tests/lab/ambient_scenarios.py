@@ -68,3 +68,24 @@ def proxy_status_and_certificates(lab: str) -> None:
     assert "SYNCED" in text and "ztunnel" in text
     text = meshlab("certs", "--lab", lab).stdout
     assert BOOKINFO_SA + "ratings" in text and "ztunnel/node-3" in text
+
+
+# A plain TCP client, run inside a node or on a host: from a workload's address to ip:port, one HTTP GET;
+# prints its own port and the status line, or the error. The mesh is invisible to it (transparent capture).
+PROBE = """
+import socket, sys
+src, ip, port, path = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4]
+s = socket.socket()
+s.settimeout(4)
+try:
+    s.bind((src, 0))
+    s.connect((ip, port))
+    print(s.getsockname()[1], flush=True)
+    s.sendall(f"GET {path} HTTP/1.1\\r\\nHost: probe\\r\\nConnection: close\\r\\n\\r\\n".encode())
+    data = b""
+    while chunk := s.recv(65536):
+        data += chunk
+    print(data.split(b"\\r\\n", 1)[0].decode() or "EMPTY")
+except OSError as e:
+    print("ERROR", type(e).__name__, e)
+"""

@@ -22,6 +22,7 @@ from lab.providers import proctags
 from lab.providers.base import Provider
 from lab.state import lab_dir
 from tests.lab import ambient_scenarios as scenarios
+from tests.lab.ambient_scenarios import PROBE
 from tests.support import labelled, meshlab
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -30,25 +31,6 @@ BOOKINFO = ROOT / "topologies" / "bookinfo.yaml"
 pytestmark = [pytest.mark.docker, pytest.mark.slow]
 T = TypeVar("T")
 
-# A plain TCP client run inside a node: from a workload's address to ip:port, one HTTP GET; prints
-# its own port and the status line, or the error. The mesh is invisible to it.
-PROBE = """
-import socket, sys
-src, ip, port, path = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4]
-s = socket.socket()
-s.settimeout(4)
-try:
-    s.bind((src, 0))
-    s.connect((ip, port))
-    print(s.getsockname()[1], flush=True)
-    s.sendall(f"GET {path} HTTP/1.1\\r\\nHost: probe\\r\\nConnection: close\\r\\n\\r\\n".encode())
-    data = b""
-    while chunk := s.recv(65536):
-        data += chunk
-    print(data.split(b"\\r\\n", 1)[0].decode() or "EMPTY")
-except OSError as e:
-    print("ERROR", type(e).__name__, e)
-"""
 
 
 def run(lab: str, node: str, call: Callable[[Provider], Awaitable[T]]) -> T:

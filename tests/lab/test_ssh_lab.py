@@ -28,6 +28,7 @@ from lab.addressing import DOCKER_RANGE
 from lab.client import LabClient
 from lab.controlplane import reach
 from lab.providers import proctags
+from tests.lab.ambient_scenarios import PROBE
 from tests.providers.sshd import SshHosts
 from tests.support import labelled, meshlab
 
@@ -197,27 +198,6 @@ def test_mixed_lab_one_docker_two_ssh_nodes_serves_bookinfo_on_mtls(lab: str, ho
     meshlab("down", lab)
     assert labelled(lab) == []
     assert_nothing_left(lab, hosts)
-
-
-# A plain TCP client run on a host (outside the lab): from a workload's address to ip:port, one HTTP GET;
-# prints its own port and the status line, or the error. The mesh is invisible to it.
-PROBE = """
-import socket, sys
-src, ip, port, path = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4]
-s = socket.socket()
-s.settimeout(4)
-try:
-    s.bind((src, 0))
-    s.connect((ip, port))
-    print(s.getsockname()[1], flush=True)
-    s.sendall(f"GET {path} HTTP/1.1\\r\\nHost: probe\\r\\nConnection: close\\r\\n\\r\\n".encode())
-    data = b""
-    while chunk := s.recv(65536):
-        data += chunk
-    print(data.split(b"\\r\\n", 1)[0].decode() or "EMPTY")
-except OSError as e:
-    print("ERROR", type(e).__name__, e)
-"""
 
 
 def capture_leftovers(hosts: SshHosts, host: str) -> str:
