@@ -45,7 +45,7 @@ from agents.ztunnel import transparent
 from agents.ztunnel.config import ConfigError, Service, Workload
 from agents.ztunnel.headers import forwarded_for, forwarded_node, parse_baggage
 from agents.ztunnel.listeners import CaptureListeners
-from agents.ztunnel.policy import STRICT, ConnInfo, authorize, mtls_mode
+from agents.ztunnel.policy import STRICT, ConnInfo, authorize, mtls_mode, namespace_of
 from agents.ztunnel.relay import can_bind_source, connect_from, splice
 from agents.ztunnel.telemetry import Peer, peer_from_baggage
 
@@ -205,8 +205,9 @@ class Sidecar(L7Agent):
         source = self._source(view, client, request)
         service = view.snapshot.service_of(workload, request.port)
         if service is not None and _protocol(service, request.port) == "tcp":
+            principal = request.peer_identity
             decision = authorize(view.snapshot.authorization_policies, ConnInfo(
-                request.peer_identity, _namespace(request.peer_identity), _ip(client), workload.namespace,
+                principal, namespace_of(principal) if principal else None, _ip(client), workload.namespace,
                 workload.labels, request.port, workload.address))
             if not decision.allowed:
                 return ConnectDecision.refuse(401, decision.reason)
@@ -296,10 +297,3 @@ def _ip(address: str) -> str:
 def _bindable(address: str) -> str | None:
     ip = _ip(address)
     return ip if ip and can_bind_source(ip) else None
-
-
-def _namespace(principal: str | None) -> str | None:
-    if principal and "/ns/" in principal:
-        return principal.split("/ns/", 1)[1].split("/", 1)[0]
-    return None
-

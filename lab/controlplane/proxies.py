@@ -15,6 +15,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from lab import capture
 from lab.controlplane import reach, readiness
+from lab.controlplane.telemetry import scrape
 from lab.controlplane.bootstrap import AGENT_CHANNEL_PORT, node_channel_address
 from lab.dataplane import (proxy_process_name, sidecar_agent, sidecar_process, sidecar_workloads, waypoint_agent,
                            waypoint_process, waypoints)
@@ -133,13 +134,8 @@ def agent_addresses(state: dict[str, Any]) -> list[str]:
 
 def _failures_at(address: str, routes: reach.Routes | None = None) -> int:
     """Failed requests and connections one agent has counted: 5xx or no response at L7, flagged closes at L4."""
-    try:
-        status, body = reach.get(address, 15020, "/metrics", 2, routes)
-    except (OSError, ValueError):
-        return 0
-    text = body.decode(errors="replace") if status == 200 else ""
     failed = 0.0
-    for family in text_string_to_metric_families(text):
+    for family in text_string_to_metric_families(scrape(address, routes)):
         for s in family.samples:
             if s.labels.get("reporter") not in ("source", "waypoint"):
                 continue  # each failure once: from the side that saw the client's request

@@ -163,7 +163,8 @@ def attribute_local_replies(edges: dict[EdgeKey, Edge]) -> dict[EdgeKey, Edge]:
     return edges
 
 
-def _scrape(address: str, routes: reach.Routes | None = None) -> str:
+def scrape(address: str, routes: reach.Routes | None = None) -> str:
+    """One agent's `/metrics` text ("" when it does not answer), through its ssh node where `routes` says so."""
     try:
         status, body = reach.get(address, METRICS_PORT, "/metrics", 2, routes)
     except (OSError, ValueError):
@@ -180,8 +181,7 @@ class TrafficView:
 
     async def snapshot(self, addresses: list[str], routes: reach.Routes | None = None) -> dict[str, Any]:
         """Scrape the agents at `addresses` (through their ssh node where `routes` says so) and fold the edges."""
-        texts = await asyncio.gather(*(asyncio.to_thread(_scrape, a, routes) if routes and a in routes
-                                       else asyncio.to_thread(_scrape, a) for a in addresses))
+        texts = await asyncio.gather(*(asyncio.to_thread(scrape, a, routes) for a in addresses))
         now = time.monotonic()
         edges = fold([t for t in texts if t])
         counters = {k: {**e.totals, "requests": sum(e.codes.values()), "errors": e.errors}

@@ -79,7 +79,7 @@ def test_quantile_interpolates_within_a_bucket():
 
 async def test_rates_error_rate_and_percentiles_cover_the_last_interval(monkeypatch):
     waypoint = L7Telemetry(io.StringIO(), log=False)
-    monkeypatch.setattr(telemetry, "_scrape", lambda address: waypoint.render())
+    monkeypatch.setattr(telemetry, "scrape", lambda address, routes=None: waypoint.render())
     view = TrafficView()
     requests(waypoint, "waypoint", [(200, "", 2.0, 100)])  # fast and healthy at first
     first = (await view.snapshot(["127.0.0.1"]))["edges"][0]
