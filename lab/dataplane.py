@@ -134,12 +134,18 @@ def waypoint_process(entry: dict[str, Any], control_plane: str, agent: tuple[str
     )
 
 
-def sidecar_process(state: State, workload: str, control_plane: str, agent: tuple[str, ...]) -> ProcessSpec:
-    """The supervised process of one workload's sidecar."""
+def check_sidecar(state: State, workload: str) -> None:
+    """LabError if `workload` cannot get a sidecar (its node's provider has no place for one yet)."""
     w = state["workloads"][workload]
     if not w.get("sidecarAddress"):
         raise LabError(f"workload {workload}: sidecars run on local and docker nodes only for now "
                        f"(node {w['node']} is {state['nodes'][w['node']]['provider']})")
+
+
+def sidecar_process(state: State, workload: str, control_plane: str, agent: tuple[str, ...]) -> ProcessSpec:
+    """The supervised process of one workload's sidecar."""
+    check_sidecar(state, workload)
+    w = state["workloads"][workload]
     return ProcessSpec(
         name=proxy_process_name(sidecar_agent(workload)),
         argv=(*agent, "sidecar", "--node", w["node"], "--workload", workload, "--address", w["sidecarAddress"],

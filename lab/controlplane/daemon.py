@@ -138,7 +138,7 @@ class ControlPlane:
         members = sorted(n for n, w in self.state["workloads"].items() if w["namespace"] == namespace)
         if mode == "sidecar":
             for name in members:  # refuse before changing anything
-                dataplane.sidecar_process(self.state, name, "-", ("-",))
+                dataplane.check_sidecar(self.state, name)
         self.state["namespaces"][namespace]["mode"] = mode
         self.state_file.save(self.state)
         self._authorizer = NodeAuthorizer(mesh.node_identities(self.state))
