@@ -19,25 +19,12 @@ _pipes: set[asyncio.Future[object]] = set()  # keep running pipes referenced unt
 LIMIT = 256 * 1024  # the streams' read buffer
 
 
-async def tunnel_streams(tunnel: Tunnel, on_done: Callable[[int, int, str | None], None] | None = None) -> Streams:
-    """Streams that read from and write to `tunnel` (its pipe runs until either side closes).
-
-    `on_done(bytes_up, bytes_down, error)` is called when the pipe ends: up is streams → tunnel.
-    """
+async def tunnel_streams(tunnel: Tunnel) -> Streams:
+    """Streams that read from and write to `tunnel` (its pipe runs until either side closes)."""
     mine, theirs = socket.socketpair()
     pipe = asyncio.ensure_future(pipe_socket(tunnel, theirs))
     _pipes.add(pipe)
-
-    def finished(future: asyncio.Future[tuple[int, int]]) -> None:
-        _pipes.discard(future)
-        if on_done is None:
-            return
-        if future.cancelled() or future.exception() is not None:
-            on_done(0, 0, "cancelled" if future.cancelled() else str(future.exception()))
-        else:
-            up, down = future.result()
-            on_done(up, down, tunnel.error)
-    pipe.add_done_callback(finished)
+    pipe.add_done_callback(_pipes.discard)
     return await asyncio.open_connection(sock=mine, limit=LIMIT)
 
 
