@@ -1,8 +1,8 @@
 """A tiny HTTP/1.1 server for an agent's admin, metrics and readiness ports (15000, 15020, 15021).
 
 Routes map a path to a function of the query that returns a `Reply`; only GET
-and HEAD are served, with keep-alive. The request head parser is the resolver's
-(`agents.node.resolver_server.parse_request_head`).
+and HEAD are served, with keep-alive. The node's mesh resolver is one too
+(`agents.node.resolver_server`).
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from agents.common.tracked_server import TrackedServer
-from agents.node.resolver_server import MAX_HEAD, BadRequest, parse_request_head
+from agents.common.http_head import MAX_HEAD, BadRequest, parse_request_head
 
 JSON = "application/json"
 PROMETHEUS_TEXT = "text/plain; version=0.0.4; charset=utf-8"

@@ -1,4 +1,4 @@
-"""A small HTTP/1.1 JSON server on asyncio for the lab API (request heads parsed by the resolver's pure parser)."""
+"""A small HTTP/1.1 JSON server on asyncio for the lab API (request heads parsed by `agents.common.http_head`)."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
-from agents.node.resolver_server import BadRequest, parse_request_head
+from agents.common.http_head import BadRequest, parse_request_head
 
 log = logging.getLogger("meshlab.api")
 

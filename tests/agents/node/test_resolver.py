@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import pytest
 
+from agents.common.admin_http import Reply, format_reply, route
+from agents.common.http_head import BadRequest, parse_request_head
 from agents.node.resolver import Answer, NoReadyEndpoint, ResolveError, Resolver, UnknownService
-from agents.node.resolver_server import BadRequest, answer, format_response, parse_request_head
+from agents.node.resolver_server import ResolverServer
 
 
 def service(name: str, namespace: str, ports: list[tuple[int, int]], *addresses: str,
@@ -116,16 +119,22 @@ HTTP_CASES = [
 
 @pytest.mark.parametrize(("target", "status", "body"), HTTP_CASES, ids=[c[0] for c in HTTP_CASES])
 def test_http_answer(target: str, status: int, body: Any) -> None:
-    request = parse_request_head(f"GET {target} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
-    got_status, got_body = answer(Resolver(TABLE), request)
-    assert got_status == status
+    reply = route(ResolverServer(lambda: Resolver(TABLE)).routes, "GET", target)
+    assert reply.status == status
     if body is not None:
-        assert got_body == body
+        assert json.loads(reply.body) == body
 
 
 def test_http_only_get() -> None:
-    request = parse_request_head(b"POST /resolve?service=details HTTP/1.1\r\nContent-Length: 0\r\n\r\n")
-    assert answer(Resolver(TABLE), request)[0] == 405
+    assert route(ResolverServer(lambda: Resolver(TABLE)).routes, "POST", "/resolve?service=details").status == 405
+
+
+def test_a_pushed_table_applies_to_the_next_request() -> None:
+    current = [Resolver(TABLE)]
+    server = ResolverServer(lambda: current[0])
+    assert route(server.routes, "GET", "/resolve?service=details&port=9080").status == 200
+    current[0] = Resolver({"services": []})
+    assert route(server.routes, "GET", "/resolve?service=details&port=9080").status == 404
 
 
 @pytest.mark.parametrize(("head", "keep_alive"), [
@@ -146,11 +155,11 @@ def test_malformed_request_heads_are_the_clients_fault(head: bytes) -> None:
 
 
 def test_response_format() -> None:
-    raw = format_response(404, {"error": "x"}, keep_alive=False)
+    raw = format_reply(Reply.json({"error": "x"}, 404), keep_alive=False)
     head, body = raw.split(b"\r\n\r\n")
     assert head.split(b"\r\n") == [b"HTTP/1.1 404 Not Found", b"Content-Type: application/json",
                                    f"Content-Length: {len(body)}".encode(), b"Connection: close"]
-    assert body == b'{"error": "x"}\n'
+    assert json.loads(body) == {"error": "x"}
 
 
 AMBIENT_TABLE = {
