@@ -246,11 +246,7 @@ def _check_policies(snapshot: Snapshot) -> None:
 def _workload(raw: Any, i: int) -> Workload:
     where = f"workloads[{i}]"
     d = _dict(raw, where)
-    identity = _str(d, "identity", where)
-    try:
-        parse_spiffe(identity)
-    except ValueError as e:
-        raise ConfigError(f"{where}.identity: {e}") from None
+    identity = _identity(d, where)
     mode = _str(d, "mode", where)
     if mode not in MODES:
         raise ConfigError(f"{where}.mode: want one of {', '.join(MODES)}, got {mode!r}")
@@ -297,16 +293,22 @@ def _waypoint(raw: Any, where: str) -> WaypointRef | None:
     if raw is None:
         return None
     d = _dict(raw, where)
-    identity = _str(d, "identity", where)
-    try:
-        parse_spiffe(identity)
-    except ValueError as e:
-        raise ConfigError(f"{where}.identity: {e}") from None
+    identity = _identity(d, where)
     return WaypointRef(_str(d, "name", where), _str(d, "namespace", where), _ip(d, "address", where),
                        _port(d.get("hbonePort", 15008), f"{where}.hbonePort"), identity)
 
 
 # ---------------------------------------------------------------- field checks
+def _identity(d: dict[str, Any], where: str) -> str:
+    """The SPIFFE identity at `where`.identity."""
+    identity = _str(d, "identity", where)
+    try:
+        parse_spiffe(identity)
+    except ValueError as e:
+        raise ConfigError(f"{where}.identity: {e}") from None
+    return identity
+
+
 
 
 def _dict(value: Any, where: str) -> dict[str, Any]:
