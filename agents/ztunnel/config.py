@@ -309,8 +309,6 @@ def _identity(d: dict[str, Any], where: str) -> str:
     return identity
 
 
-
-
 def _dict(value: Any, where: str) -> dict[str, Any]:
     if not isinstance(value, dict):
         raise ConfigError(f"{where}: want an object, got {type(value).__name__}")
