@@ -14,7 +14,11 @@ control plane which version it last ACKed.
 The control plane's certificate is checked against the bootstrap root file and
 every root a snapshot's `trust` section announced (a root rotation re-issues the
 control plane's certificate too); the announced roots are also written to the
-bootstrap root file, so a restarted agent trusts them.
+bootstrap root file, so a restarted agent trusts them. An agent that was away
+during a rotation missed those snapshots and trusts only the old root; the
+control plane writes the new bundle into every node's bootstrap root file (as
+Istio mounts `istio-ca-root-cert` into pods), so when a handshake fails
+certificate verification the agent re-reads that file and retries with it.
 
 Wire format: one JSON object per line, in both directions.
   agent -> cp  {"type": "hello", "node", "agent", "token", "version"}
@@ -59,6 +63,9 @@ class AgentChannel:
         self.on_config = on_config
         self.root_pem_file = root_pem_file
         self._roots: list[str] = []  # roots announced in snapshots (`trust.roots`)
+        self._file_pem = self._read_root_file(strict=True)  # the bootstrap file's roots the context was built with
+        self._file_rejected: str | None = None  # a bootstrap file content that held no usable root
+        self._untrusted_logged = False  # "not signed by a root we trust" is logged once per outage
         self._ssl = self._context()
         self.version = 0  # last ACKed
         self.connected = asyncio.Event()
@@ -93,19 +100,59 @@ class AgentChannel:
             raise ChannelError(answer["error"])
         return answer["leaf"].encode(), answer["root"].encode()
 
+    def _read_root_file(self, strict: bool = False) -> str | None:
+        """The bootstrap root file's PEM text; None when it is unreadable, unless `strict` (at start)."""
+        try:
+            with open(self.root_pem_file, encoding="ascii") as f:
+                return f.read()
+        except (OSError, ValueError):
+            if strict:
+                raise
+            return None
+
     def _context(self) -> ssl.SSLContext:
-        """The context that checks the control plane: the bootstrap root file plus the announced roots."""
-        if not self._roots:
-            ctx = ssl.create_default_context(cafile=self.root_pem_file)
-        else:  # not create_default_context(): without a cafile it would trust the system's CAs too
-            ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+        """The context that checks the control plane: the bootstrap root file plus the announced roots.
+        Not create_default_context(): without a cafile it would trust the system's CAs too."""
+        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+        loaded = False
+        if self._file_pem:
             try:
-                ctx.load_verify_locations(cafile=self.root_pem_file)
-            except (OSError, ssl.SSLError):
-                pass  # the announced roots are enough
+                ctx.load_verify_locations(cadata=self._file_pem)
+                loaded = True
+            except (ssl.SSLError, ValueError):
+                if not self._roots:
+                    raise
+                # the announced roots are enough
+        if self._roots:
             ctx.load_verify_locations(cadata="".join(self._roots))
+        elif not loaded:
+            raise ssl.SSLError(f"{self.root_pem_file} holds no root certificate")
         ctx.check_hostname = False  # the serving cert is checked against the lab root; SAN is an IP
         return ctx
+
+    def _reread_root_file(self, error: ssl.SSLCertVerificationError) -> None:
+        """The control plane's certificate did not verify: if the lab wrote a new trust bundle into the
+        bootstrap root file (a root rotation while this agent was away), retry with it."""
+        reason = error.verify_message or str(error)
+        pem = self._read_root_file()
+        if pem is not None and pem != self._file_pem and pem != self._file_rejected:
+            previous, self._file_pem = self._file_pem, pem
+            try:
+                self._ssl = self._context()
+            except (ssl.SSLError, ValueError) as e:
+                self._file_pem, self._file_rejected = previous, pem
+                log.warning("%s changed but is unusable (%s); keeping the roots this agent had",
+                            self.root_pem_file, e)
+                return
+            log.warning("the control plane's certificate did not verify (%s); %s holds a new trust bundle "
+                        "(%d root(s): the lab's root changed while this agent was away): retrying with it",
+                        reason, self.root_pem_file, pem.count("BEGIN CERTIFICATE"))
+            self._untrusted_logged = False
+        elif not self._untrusted_logged:
+            log.warning("the control plane's certificate did not verify (%s) against the roots this agent "
+                        "trusts; waiting for a new trust bundle in %s (retrying with backoff)",
+                        reason, self.root_pem_file)
+            self._untrusted_logged = True
 
     def _learn_roots(self, config: Any) -> None:
         """Trust the roots a snapshot announces, from the next connection on, and keep them on disk."""
@@ -120,11 +167,13 @@ class AgentChannel:
             return
         self._roots = candidate
         self._ssl = self._context()
+        bundle = "".join(r if r.endswith("\n") else r + "\n" for r in candidate)
         try:  # atomically: other agents of the node read and write the same file
             tmp = f"{self.root_pem_file}.{self.agent.replace('/', '_').replace(':', '_')}.tmp"
             with open(tmp, "w", encoding="ascii") as f:
-                f.write("".join(r if r.endswith("\n") else r + "\n" for r in candidate))
+                f.write(bundle)
             os.replace(tmp, self.root_pem_file)
+            self._file_pem = bundle
         except OSError as e:
             log.info("cannot update %s with the new roots: %s", self.root_pem_file, e)
 
@@ -139,6 +188,8 @@ class AgentChannel:
             try:
                 await self._session()
                 backoff = BACKOFF_FIRST
+            except ssl.SSLCertVerificationError as e:  # before OSError: it is one
+                self._reread_root_file(e)
             except (OSError, ssl.SSLError, asyncio.IncompleteReadError, ValueError, ConnectionError) as e:
                 log.info("control plane %s:%d unreachable (%s); retrying in %.1fs", self.host, self.port, e, backoff)
             finally:
@@ -159,6 +210,7 @@ class AgentChannel:
             self._send({"type": "hello", "node": self.node, "agent": self.agent, "token": self.token,
                         "version": self.version})
             self.connected.set()
+            self._untrusted_logged = False
             log.info("connected to the control plane at %s:%d", self.host, self.port)
             while True:
                 line = await reader.readline()

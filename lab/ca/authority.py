@@ -2,7 +2,8 @@
 
 Files in the CA folder: `root-key.pem` (PKCS8, mode 0600), `root-cert.pem` (the
 signing root), `trust-bundle.pem` (every root agents trust; just the signing root
-unless a rotation is under way), `next-root-{key,cert}.pem` (a root made for a
+unless a rotation is under way; a rotation copies it onto every node as the agents'
+bootstrap root file), `next-root-{key,cert}.pem` (a root made for a
 rotation, not signing yet), and `issued.json` (see `registry`). The root may sign
 only leaves (pathlen 0): ztunnels, waypoints and sidecars all hold leaves of their own.
 
@@ -145,6 +146,14 @@ class LabCA:
             self.trusted = [r for r in self.trusted if r not in dropped]
         self._save_bundle()
         return dropped
+
+    def bundle_file(self) -> Path:
+        """`trust-bundle.pem`, holding the current bundle: what the lab writes into every node's bootstrap
+        root file when the roots change."""
+        path = self.ca_dir / "trust-bundle.pem"
+        if not path.exists() or path.read_bytes() != self.bundle_pem:
+            self._save_bundle()
+        return path
 
     def _save_bundle(self) -> None:
         atomic_write(self.ca_dir / "trust-bundle.pem", self.bundle_pem)

@@ -91,6 +91,8 @@ class LiveFaults:
                 fault.note = (f"new root {rotation['newRoot']} in {rotation['seconds']:.1f}s, "
                               f"{'with' if rotation['overlap'] else 'without'} overlap; "
                               f"{rotation['failedRequests']} failed requests")
+                if rotation["bundleNotDelivered"]:  # those nodes' agents rejoin after the next `meshlab up`
+                    fault.note += f"; trust bundle not written to {', '.join(rotation['bundleNotDelivered'])}"
             else:
                 lab = Lab(self.cp.lab)
                 try:

@@ -8,7 +8,10 @@ side-client on node-1.
 
 from __future__ import annotations
 
+import asyncio
 import json
+import os
+import signal
 import threading
 import time
 import urllib.request
@@ -16,6 +19,10 @@ from pathlib import Path
 
 import pytest
 
+from lab.controlplane.launch import ensure_control_plane, running_pid
+from lab.dataplane import proxy_process_name, sidecar_agent
+from lab.handle import Lab
+from lab.state import lab_dir
 from tests.support import meshlab
 
 pytestmark = pytest.mark.slow
@@ -206,10 +213,27 @@ def rotate_under_load(overlap: bool) -> tuple[dict, dict]:
     return rotated, results["load"]
 
 
+def bootstrap_bundle(node: str) -> str:
+    return (lab_dir(LAB) / "nodes" / node / "bootstrap" / "root-cert.pem").read_text()
+
+
 def test_rotate_root_with_overlap_fails_no_request(lab) -> None:
     before = roots()
     assert len(before) == 1 and before[0]["signing"]
-    rotated, during = rotate_under_load(overlap=True)
+    seen_on_disk: set[int] = set()  # how many roots node-1's bootstrap file held during the rotation
+    stop = threading.Event()
+
+    def watch() -> None:
+        while not stop.is_set():
+            seen_on_disk.add(bootstrap_bundle("node-1").count("BEGIN CERTIFICATE"))
+            time.sleep(0.05)
+    watcher = threading.Thread(target=watch)
+    watcher.start()
+    try:
+        rotated, during = rotate_under_load(overlap=True)
+    finally:
+        stop.set()
+        watcher.join()
     assert rotated["oneShot"], rotated
     rotation = rotated["effect"]["rotation"]
     assert [s["synced"] for s in rotation["steps"]] == [True, True, True], rotation
@@ -219,6 +243,9 @@ def test_rotate_root_with_overlap_fails_no_request(lab) -> None:
     after = roots()
     assert len(after) == 1 and after[0]["subject"] == rotation["newRoot"] != before[0]["subject"]
     assert agents_issuers(lab) == {rotation["newRoot"]}
+    # the nodes' bootstrap bundle held both roots during the overlap, and only the new one after the drop
+    assert 2 in seen_on_disk and rotation["bundleNotDelivered"] == [], (seen_on_disk, rotation)
+    assert bootstrap_bundle("node-1") == bootstrap_bundle("node-2") == after[0]["pem"]
     text = meshlab("certs", "--lab", LAB).stdout
     assert f"signing root: {rotation['newRoot']}" in text
     assert ok("echo") and ok("web.side", "side-client")
@@ -236,6 +263,77 @@ def test_rotate_root_without_overlap_fails_connections_until_every_agent_renewed
     # ... and stopped once every agent held a leaf of the new root
     assert agents_issuers(lab) == {rotation["newRoot"]}
     assert ok("echo", n=10) and ok("web.side", "side-client", n=5)
+
+
+def agent_status(node: str, agent: str = "ztunnel") -> dict:
+    """The agent's proxy-status entry; status ABSENT when the control plane has not met it since it started."""
+    status = json.loads(meshlab("proxy-status", "--json", "--lab", LAB).stdout)
+    return next((a for a in status["agents"] if a["agent"] == agent and a["node"] == node), {"status": "ABSENT"})
+
+
+def signal_process(node: str, process: str, sig: int) -> None:
+    """SIGSTOP/SIGCONT a supervised process through its node's provider, as the pause_agent fault does."""
+    async def send() -> None:
+        handle = Lab(LAB)
+        try:
+            await handle.provider_of(node, handle.state.load()).signal_process(node, process, sig)
+        finally:
+            await handle.close()
+    asyncio.run(send())
+
+
+def restart_control_plane() -> None:
+    """SIGTERM the lab's control plane and start it again: every agent's channel session ends."""
+    pid = running_pid(lab_dir(LAB))
+    assert pid is not None
+    os.kill(pid, signal.SIGTERM)
+    deadline = time.monotonic() + 15
+    while time.monotonic() < deadline and running_pid(lab_dir(LAB)) is not None:
+        time.sleep(0.1)
+    assert asyncio.run(ensure_control_plane(LAB, lab_dir(LAB)))[1], "the control plane was started again"
+
+
+def test_agents_away_during_a_rotation_rejoin_by_themselves(lab) -> None:
+    """Every agent of node-2 (its ztunnel and web-v1's sidecar) is paused and loses its channel session (the
+    control plane restarts); the root is then swapped without overlap. They missed every snapshot that
+    announced the new root and trust only the old one. The control plane writes the new bundle into
+    node-2's bootstrap root file; once resumed, each agent's handshake fails verification, it re-reads the
+    file and rejoins, and gets leaves of the new root."""
+    node2 = lab["nodes"]["node-2"]["address"]
+    sidecar = proxy_process_name(sidecar_agent("web-v1"))
+    old_root = bootstrap_bundle("node-2")
+    paused = fault("add", "pause_agent", "node-2")
+    signal_process("node-2", sidecar, signal.SIGSTOP)
+    try:
+        restart_control_plane()
+        deadline = time.monotonic() + 20  # node-1's agents reconnect to the new control plane
+        while time.monotonic() < deadline and agent_status("node-1")["status"] != "SYNCED":
+            time.sleep(0.3)
+        assert agent_status("node-2")["status"] in ("ABSENT", "DISCONNECTED")
+        rotation = fault("add", "rotate_root", "--param", "overlap=false")["effect"]["rotation"]
+        assert rotation["bundleNotDelivered"] == [], rotation  # the node is up, only its agents are paused
+        bundle = "".join(r["pem"] for r in roots())
+        assert roots()[0]["subject"] == rotation["newRoot"] and len(roots()) == 1
+        # nobody on node-2 could have written it: the control plane did, through the provider
+        assert bootstrap_bundle("node-2") == bundle != old_root
+        assert (lab_dir(LAB) / "ca" / "root-cert.pem").read_text() == bundle  # what `meshlab up` copies
+    finally:
+        signal_process("node-2", sidecar, signal.SIGCONT)
+        meshlab("fault", "rm", paused["id"], "--lab", LAB)
+    deadline = time.monotonic() + 30  # the channel's backoff is at most 5 s
+    while time.monotonic() < deadline and {agent_status("node-2")["status"],
+                                           agent_status("node-2", "sidecar:web-v1")["status"]} != {"SYNCED"}:
+        time.sleep(0.3)
+    assert agent_status("node-2")["status"] == "SYNCED", agent_status("node-2")
+    assert agent_status("node-2", "sidecar:web-v1")["status"] == "SYNCED"
+    for address in (node2, lab["workloads"]["web-v1"]["sidecarAddress"]):
+        deadline = time.monotonic() + 15
+        while time.monotonic() < deadline and {c["issuer"] for c in admin_certs(address)} != {rotation["newRoot"]}:
+            time.sleep(0.3)
+        assert {c["issuer"] for c in admin_certs(address)} == {rotation["newRoot"]}, admin_certs(address)
+    assert "holds a new trust bundle" in log_of("node-2/ztunnel")
+    eventually_ok("echo", "client-b")  # node-2 -> node-1 over HBONE, both ends on the new root
+    eventually_ok("web.side", "side-client")  # node-1's sidecar -> node-2's sidecar
 
 
 # ---------------------------------------------------------------- L4 toxics in sidecars
