@@ -36,7 +36,10 @@ on the node's eth0 like the workloads' (`set_proxy_address` adds or removes one 
 An ssh node captures transparently when its settings say `capture: transparent` (the login is root or
 has passwordless sudo; the provider checked). Its workloads keep their loopback addresses, so the rules
 add a route of the service CIDR through `lo` (`loopback_workloads`): the kernel refuses a 127/8 source
-on any other interface. Not root: the rules go through `sudo -n` (the provider's `as_root`).
+on any other interface. Not root: the rules go through `sudo -n` (the provider's `as_root`), and the
+agents hold CAP_NET_ADMIN for the mark (`lab.providers.sshhost`). The chains keep their plain names on ssh
+hosts too: the ztunnel's wildcard ports 15001/15006 are the host's anyway, so the provider allows one
+transparent node per host.
 """
 
 from __future__ import annotations

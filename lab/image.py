@@ -1,7 +1,7 @@
 """The node image of the docker provider: `meshlab-node:<recipe hash>`, also tagged `meshlab-node:latest`.
 
 What a node needs is small: Python 3.11+ for the agent zipapp, iptables and iproute2 for
-capture and faults, openssh-server for labs that log into nodes, openssl, procps,
+capture and faults, openssh-server and sudo for labs that log into nodes, openssl, procps,
 ca-certificates, and python3-cryptography so agents make their own keys.
 
 Two recipes make the same image:
@@ -37,6 +37,7 @@ RECIPE_VERSION = 1  # bump when the build steps change in a way the package list
 REPOSITORY = "meshlab-node"
 SUITE = "bookworm"
 PACKAGES = ("python3", "iptables", "iproute2", "openssh-server", "openssl", "procps", "ca-certificates",
+            "sudo",  # ssh hosts in the tests: a login with passwordless sudo (transparent capture without root)
             # debootstrap does not resolve virtual packages: cryptography needs python3-cffi-backend named
             "python3-cryptography", "python3-cffi-backend")
 BASE_IMAGE = "python:3.11-slim-bookworm"  # the online recipe's base

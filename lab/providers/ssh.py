@@ -150,17 +150,24 @@ class SshProvider(SupervisedProvider):
         facts = await self._on_host(target, sshhost.host_facts, target)
         conn = await self._conn(target)
         sshhost.check_capture(target, facts)
+        held = False  # whether a supervisor of this node runs there with the capture's privilege already
+        if target.capture == "transparent":  # before the record: a refused node must not uncapture the other's
+            held = await self._on_host(target, sshhost.check_capture_free, target, self.lab, spec.name,
+                                       proctags.home_tag())
         base = target.dir or f"{facts.home}/.meshlab/labs"
         folder = f"{base}/{self.lab}/{spec.name}"
         self._remember(spec.name, {"target": target.to_json(), "folder": folder,
                                    "top": f"{base}/{self.lab}" if target.dir else f"{facts.home}/.meshlab",
                                    "address": spec.address, "python": facts.python, "capture": facts.capture,
-                                   "captureReason": facts.capture_reason, "root": facts.root})
+                                   "captureReason": facts.reason_for(target), "root": facts.root})
         self._paused.discard(spec.name)
         await self._install(conn, spec.name, folder, agent_pyz, target)
         ping = await self._ping(spec.name)
         if ping is not None and ping.get("address") != spec.address:
             await self._shutdown(spec.name)  # the node moved: start it again on its new address
+            ping = None
+        if ping is not None and target.capture == "transparent" and not held:
+            await self._shutdown(spec.name)  # started for explicit capture: again, with CAP_NET_ADMIN and its tag
             ping = None
         if ping is None:
             # Leftovers of a dead or hung supervisor would hold the node's addresses and ports.
@@ -188,7 +195,11 @@ class SshProvider(SupervisedProvider):
         log = f"{folder}/logs/supervisor.log"
         argv = [target.python, "agents.pyz", "node", "--lab", self.lab, "--node", spec.name, "--dir", folder,
                 "--address", spec.address]
-        started = await sshhost.start_detached(conn, folder, argv, self._tags(spec.name), log)
+        env, net_admin = self._tags(spec.name), False
+        if target.capture == "transparent":  # the proxies mark their sockets (SO_MARK): CAP_NET_ADMIN
+            env[sshhost.CAPTURE_TAG] = "transparent"
+            net_admin = not _is_root(self._record(spec.name))
+        started = await sshhost.start_detached(conn, folder, argv, env, log, net_admin=net_admin)
         if started.exit_code != 0:
             raise ProvisionError(f"node {spec.name}: cannot start its supervisor on {target.where}: "
                                  f"{(started.stderr or started.stdout).strip()}")
@@ -219,7 +230,7 @@ class SshProvider(SupervisedProvider):
                 pass
         await self._forget(name)
         await self._on_host(target, sshhost.tagged, target, "kill", self.lab, name, proctags.home_tag())
-        if target.capture == "transparent":
+        if target.capture == "transparent" and not await self._on_host(target, sshhost.capture_holders, target):
             await self._on_host(target, sshhost.run, _uncapture_line(record), 30)
         await self._on_host(target, sshhost.remove_tree, folder, record["top"])
         self._forget_record(name)
@@ -340,6 +351,29 @@ class SshProvider(SupervisedProvider):
         await self._on_host(target, sshhost.tagged, target, "cont", self.lab, node, proctags.home_tag())
         self._paused.discard(node)
 
+    async def stop_node(self, node: str) -> None:
+        """The supervisor records what runs and stops it all, then exits; leftovers are killed by their tags."""
+        target, folder = self._target(node)
+        if node in self._paused or await self._on_host(target, sshhost.supervisor_state, target, folder,
+                                                       node) == "T":
+            await self.resume_node(node)  # a frozen supervisor cannot answer `shutdown`
+        try:
+            await self._shutdown(node)
+        except ProvisionError:
+            pass  # not running, or hung: it records nothing and goes with the rest
+        await self._forget(node)
+        await self._on_host(target, sshhost.tagged, target, "kill", self.lab, node, proctags.home_tag())
+
+    async def start_node(self, node: str) -> None:
+        """Start the node's supervisor again, on the address its record holds (no-op if it answers)."""
+        if await self._ping(node) is not None:
+            return
+        target, folder = self._target(node)
+        spec = NodeSpec(self.lab, node, 0, str(self._record(node)["address"]))
+        conn = await self._conn(target)
+        await sshhost.tagged(conn, target, "kill", self.lab, node, proctags.home_tag())  # a hung one's leftovers
+        await self._start_supervisor(conn, spec, target, folder)
+
     async def partition(self, node: str, peer: str | None, direction: str = "both") -> None:
         raise ProviderNotSupported("the ssh provider cannot partition nodes yet (it would change the host's "
                                    "firewall; use the L4 faults of the ztunnel instead)")
@@ -384,8 +418,8 @@ async def _clean_node(lab: str, node: str, record: dict[str, Any]) -> list[str]:
     conn = await connect(target)
     try:
         killed = await sshhost.tagged(conn, target, "kill", lab, "", proctags.home_tag())
-        if target.capture == "transparent":
-            await sshhost.run(conn, _uncapture_line(record), 30)
+        if target.capture == "transparent" and not await sshhost.capture_holders(conn, target):
+            await sshhost.run(conn, _uncapture_line(record), 30)  # unless another lab's node captures there now
         listed = await sshhost.run(conn, f"test -e {shlex.quote(record['folder'])}", 10)
         await sshhost.remove_tree(conn, record["folder"], record["top"])
     finally:

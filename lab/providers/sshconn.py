@@ -32,7 +32,7 @@ SETTINGS = {
     "known_hosts": "the known_hosts file to check the host key against (default ~/.ssh/known_hosts)",
     "insecure_host_key": "true: accept any host key (throwaway labs only)",
     "address": "the address other nodes reach this node on (port 15008); default: host, if an IP",
-    "capture": "auto (default: explicit), explicit, or transparent (iptables; needs a root login)",
+    "capture": "auto (default: explicit), explicit, or transparent (iptables; root or passwordless sudo)",
     "python": "the interpreter on the host (default python3)",
     "dir": "the folder for the lab's files on the host (default ~/.meshlab/labs)",
     "channel_port": "the port on the host's 127.0.0.1 where its agents reach the control plane (default 15012)",

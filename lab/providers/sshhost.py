@@ -3,6 +3,13 @@
 Everything runs as commands of the login (no agent of ours needed before the install), and the
 scripts that find a lab's processes by their tags (MESHLAB_LAB/NODE/HOME in /proc/<pid>/environ,
 as `lab.providers.proctags` does locally) run on the host's own python3.
+
+Transparent capture without a root login: the node supervisor is started through `sudo -n setpriv`
+as the login, with CAP_NET_ADMIN as an ambient capability, which every process it starts inherits
+(the proxies mark their own sockets with SO_MARK, which needs it). Its files stay the login's. The
+kernel hides /proc/<pid>/environ of a process holding capabilities its reader lacks, and root may
+read another user's only with CAP_SYS_PTRACE (which root in a container lacks), so on such a node the
+tag scripts run with the agents' own credentials: through the same `sudo -n setpriv` (`_as_agents`).
 """
 
 from __future__ import annotations
@@ -80,6 +87,28 @@ if action == "kill":
 print(json.dumps(list(found.values())))
 """
 
+# The lab nodes on the host that capture transparently (their processes carry MESHLAB_CAPTURE=transparent):
+# the wildcard ports 15001/15006 and the MESHLAB nat chains are the host's, so one such node per host.
+# prints [[lab, node, home, pid], ...] as JSON, one entry per node.
+HOLDERS_SCRIPT = r"""
+import json, os
+holders = {}
+for entry in os.listdir("/proc"):
+    if not entry.isdigit() or int(entry) in (os.getpid(), os.getppid()):
+        continue
+    try:
+        raw = open(f"/proc/{entry}/environ", "rb").read()
+    except OSError:
+        continue
+    env = dict(e.split(b"=", 1) for e in raw.split(b"\0") if b"=" in e)
+    if env.get(b"MESHLAB_CAPTURE") == b"transparent":
+        key = tuple(env.get(k, b"").decode(errors="replace")
+                    for k in (b"MESHLAB_LAB", b"MESHLAB_NODE", b"MESHLAB_HOME"))
+        holders[key] = min(holders.get(key, int(entry)), int(entry))
+print(json.dumps([[*k, pid] for k, pid in sorted(holders.items())]))
+"""
+CAPTURE_TAG = "MESHLAB_CAPTURE"  # on a transparent node's supervisor (and so on all it starts)
+
 # The state letter of the pid in a pid file ('' when there is no live process).
 STATE_SCRIPT = r"""
 import sys
@@ -110,6 +139,12 @@ class HostFacts:
     @property
     def capture_reason(self) -> str:
         return "login is root" if self.root else "passwordless sudo" if self.sudo else "no root, no passwordless sudo"
+
+    def reason_for(self, target: SshTarget) -> str:
+        """`capture_reason`, saying how the agents got their privilege when a sudo login captures transparently."""
+        if target.capture == "transparent" and not self.root and self.sudo:
+            return "passwordless sudo; the agents run as the login with CAP_NET_ADMIN"
+        return self.capture_reason
 
 
 class HostConnectionLost(ProvisionError):
@@ -159,19 +194,56 @@ async def host_facts(conn: Any, target: SshTarget) -> HostFacts:
 
 
 def check_capture(target: SshTarget, facts: HostFacts) -> None:
-    """Refuse `capture: transparent` on a host that cannot set iptables rules."""
+    """Refuse `capture: transparent` on a host where the login can neither write iptables rules nor give the
+    proxies CAP_NET_ADMIN (for SO_MARK on their own sockets): not root, and no passwordless sudo."""
     if target.capture == "transparent" and facts.capture != "transparent":
         raise ProvisionError(f"node {target.node}: ssh.capture is transparent, but on {target.where} the login can "
                              "neither act as root nor use sudo without a password (`sudo -n true` failed), so it "
-                             "cannot set iptables rules; log in as root, allow passwordless sudo, or set "
-                             "`capture: explicit`")
-    if target.capture == "transparent" and not facts.root:
-        # sudo could write the rules, but the proxies run as the login and could not mark their own sockets
-        # (SO_MARK needs CAP_NET_ADMIN), so the rules would capture the proxies' traffic too.
-        raise ProvisionError(f"node {target.node}: ssh.capture is transparent, but on {target.where} the login is "
-                             "not root: the node's proxies run as the login and cannot mark their own sockets "
-                             "(SO_MARK needs CAP_NET_ADMIN), which the capture rules rely on; log in as root "
-                             "or set `capture: explicit`")
+                             "cannot set iptables rules nor let the proxies mark their own sockets (CAP_NET_ADMIN); "
+                             "log in as root, allow the login passwordless sudo, or set `capture: explicit`")
+
+
+async def check_capture_free(conn: Any, target: SshTarget, lab: str, node: str, home: str) -> bool:
+    """Refuse a second transparent node on a host: the capture's wildcard ports (15001/15006), nat chains and
+    service route are the host's. The node itself (made before, adopted again) is no conflict: True when it
+    runs there as a transparent node already."""
+    holders = await capture_holders(conn, target)
+    others = [h for h in holders if h[:3] != [lab, node, home]]
+    if others:
+        o_lab, o_node, o_home, pid = others[0]
+        where = "" if o_home == home else f" of another lab host (MESHLAB_HOME {o_home})"
+        raise ProvisionError(f"node {node}: ssh.capture is transparent, but on {target.where} node {o_node} of lab "
+                             f"{o_lab}{where} captures transparently already (pid {pid}): a host holds one "
+                             "transparent node (its ports 15001/15006 and iptables chains are the host's); "
+                             f"put node {node} on another host, set `capture: explicit`, or take lab {o_lab} "
+                             f"down first (`meshlab down {o_lab}`)")
+    return len(others) < len(holders)
+
+
+async def capture_holders(conn: Any, target: SshTarget) -> list[list[Any]]:
+    """[lab, node, home, pid] of every node capturing transparently on the host.
+
+    Read with the agents' credentials (the login's nodes), and for a login that is not root also as root
+    (root's nodes; every user's where root has CAP_SYS_PTRACE, as on a VM)."""
+    line = shlex.join([target.python, "-c", HOLDERS_SCRIPT])
+    done = await run(conn, f'{_as_agents(target, line)} && {{ [ "$(id -u)" = 0 ] || sudo -n {line}; }}', 30)
+    if done.exit_code != 0:
+        raise ProvisionError(f"node {target.node}: cannot list the transparent nodes on {target.where}: "
+                             f"{(done.stderr or done.stdout).strip()[-300:]}")
+    found: dict[tuple[str, ...], list[Any]] = {}
+    for text in done.stdout.splitlines():
+        for holder in json.loads(text or "[]"):
+            found.setdefault(tuple(holder[:3]), holder)
+    return list(found.values())
+
+
+def _as_agents(target: SshTarget, line: str) -> str:
+    """A shell line run with the credentials of the node's agents: on a transparent node whose login is not
+    root, as the login with CAP_NET_ADMIN (through sudo and setpriv), so that it may read their
+    /proc/<pid>/environ (where the tags are) and signal them; as the login itself otherwise."""
+    if target.capture != "transparent":
+        return line
+    return f'if [ "$(id -u)" = 0 ]; then {line}; else sudo -n {SETPRIV} {line}; fi'
 
 
 async def install_file(conn: Any, src: Path, dest: str, mode: int | None = None) -> None:
@@ -193,19 +265,37 @@ async def same_file(conn: Any, src: Path, dest: str) -> bool:
     return done.exit_code == 0 and done.stdout.split()[:1] == [digest]
 
 
-async def start_detached(conn: Any, folder: str, argv: list[str], env: dict[str, str], log: str) -> ExecResult:
-    """Start a process in its own session, cut off from this SSH session: it outlives the connection."""
+# sudo resets the environment (HOME and USER would be root's): the login's own go after it, through `env`.
+LOGIN_ENV = 'HOME="$HOME" USER="$(id -un)" LOGNAME="$(id -un)" PATH="$PATH" LANG="${LANG:-C.UTF-8}"'
+# As the login again, keeping CAP_NET_ADMIN as an ambient capability: inherited by every process it starts.
+SETPRIV = ('setpriv --reuid="$(id -u)" --regid="$(id -g)" --init-groups --inh-caps=+net_admin '
+           '--ambient-caps=+net_admin --')
+
+
+async def start_detached(conn: Any, folder: str, argv: list[str], env: dict[str, str], log: str,
+                         net_admin: bool = False) -> ExecResult:
+    """Start a process in its own session, cut off from this SSH session: it outlives the connection.
+
+    `net_admin`: with CAP_NET_ADMIN, through `sudo -n` and setpriv, as the login still (its files stay its own);
+    setsid runs under sudo, so no root sudo process stays behind as the parent."""
     assignments = " ".join(f"{k}={shlex.quote(v)}" for k, v in env.items())
-    line = (f"cd {shlex.quote(folder)} && {assignments} setsid -f {shlex.join(argv)} "
-            f"</dev/null >/dev/null 2>>{shlex.quote(log)}")
-    return await run(conn, line, 30)
+    if net_admin:
+        start = f"sudo -n env {LOGIN_ENV} {assignments} setsid -f {SETPRIV} {shlex.join(argv)}"
+    else:
+        start = f"{assignments} setsid -f {shlex.join(argv)}"
+    line = f"cd {shlex.quote(folder)} && {start} </dev/null >/dev/null 2>>{shlex.quote(log)}"
+    done = await run(conn, line, 30)
+    if done.exit_code != 0 and not done.stderr.strip():  # sudo's or setsid's own words went to the log
+        tail = await run(conn, f"tail -n 3 {shlex.quote(log)}", 10)
+        return ExecResult(done.exit_code, done.stdout, tail.stdout)
+    return done
 
 
 async def tagged(conn: Any, target: SshTarget, action: str, lab: str, node: str, home: str,
                  grace: float = 2.0) -> list[list[Any]]:
     """Run TAGS_SCRIPT: the [pid, node, cmdline] of the lab's processes on the host, after `action`."""
     argv = [target.python, "-c", TAGS_SCRIPT, action, lab, node, home, str(grace)]
-    done = await run(conn, shlex.join(argv), 60)
+    done = await run(conn, _as_agents(target, shlex.join(argv)), 60)
     if done.exit_code == 127:
         return []  # no python there: nothing of ours can run there either
     if done.exit_code != 0:
@@ -217,7 +307,8 @@ async def tagged(conn: Any, target: SshTarget, action: str, lab: str, node: str,
 
 async def supervisor_state(conn: Any, target: SshTarget, folder: str, node: str) -> str:
     """The /proc state letter of the node's supervisor ('T' paused), '' when none runs."""
-    done = await run(conn, shlex.join([target.python, "-c", STATE_SCRIPT, f"{folder}/supervisor.pid", node]), 30)
+    argv = [target.python, "-c", STATE_SCRIPT, f"{folder}/supervisor.pid", node]
+    done = await run(conn, _as_agents(target, shlex.join(argv)), 30)
     return done.stdout.strip() if done.exit_code == 0 else ""
 
 

@@ -29,7 +29,7 @@ from lab.client import LabClient
 from lab.controlplane import reach
 from lab.providers import proctags
 from tests.lab.ambient_scenarios import PROBE
-from tests.providers.sshd import SshHosts
+from tests.providers.sshd import SUDO_LOGIN, SUDO_USER, SshHosts
 from tests.support import labelled, meshlab
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -43,7 +43,7 @@ def hosts(node_image: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator
     made = SshHosts(node_image, tmp_path_factory.mktemp("ssh"))
     try:
         for host in ("ssh-1", "ssh-2"):
-            made.start(host)
+            made.start(host, extra=SUDO_USER)  # root, and a login with passwordless sudo
             made.close_agent_ports(host)  # the lab reaches 15020/15021 only through its SOCKS forwards
         yield made
     finally:
@@ -200,17 +200,18 @@ def test_mixed_lab_one_docker_two_ssh_nodes_serves_bookinfo_on_mtls(lab: str, ho
     assert_nothing_left(lab, hosts)
 
 
-def capture_leftovers(hosts: SshHosts, host: str) -> str:
-    code, out = hosts.sh(host, "iptables -w -t nat -S | grep MESHLAB; ip route show 10.96.0.0/16")
-    return out.strip()
+NET_ADMIN = 1 << 12  # CAP_NET_ADMIN's bit in /proc/<pid>/status
 
 
-def test_transparent_capture_on_two_ssh_hosts(lab: str, hosts: SshHosts, tmp_path: Path) -> None:
-    topo = topology(tmp_path, hosts, lab, {"node-1": "ssh", "node-2": "ssh"}, capture="transparent")
+@pytest.mark.parametrize("login", ["root", SUDO_LOGIN])
+def test_transparent_capture_on_two_ssh_hosts(login: str, lab: str, hosts: SshHosts, tmp_path: Path) -> None:
+    """Root logs in, or a login with passwordless sudo, whose agents then run as it with CAP_NET_ADMIN."""
+    topo = topology(tmp_path, hosts, lab, {"node-1": "ssh", "node-2": "ssh"}, capture="transparent", user=login)
     state = serve_in_ambient_with_mtls(lab, topo)
     assert {n["capture"] for n in state["nodes"].values()} == {"transparent"}
     assert {s["vips"]["node-1"] for s in state["services"].values()} <= {f"10.96.0.{i}" for i in range(256)}
-    assert "capture transparent (transparent possible: login is root)" in meshlab("status", lab).stdout
+    reason = "login is root" if login == "root" else "passwordless sudo; the agents run as the login with CAP_NET_ADMIN"
+    assert f"capture transparent (transparent possible: {reason})" in meshlab("status", lab).stdout
 
     # productpage's host: a plain socket from its address to the details VIP is taken to the ztunnel (iptables)
     # and carried to details' node over HBONE with mutual TLS.
@@ -225,16 +226,35 @@ def test_transparent_capture_on_two_ssh_hosts(lab: str, hosts: SshHosts, tmp_pat
     assert code == 0 and len(lines) == 2 and lines[0].isdigit() and lines[1] == "HTTP/1.1 200 OK", out
     assert opened(state, reporter="destination", **edge) - before >= 1
     source = f"{w['address']}:{lines[0]}"
-    log = f"/root/.meshlab/labs/{lab}/{w['node']}/logs/ztunnel.log"
+    home = "/root" if login == "root" else f"/home/{login}"
+    log = f"{home}/.meshlab/labs/{lab}/{w['node']}/logs/ztunnel.log"
     code, found = hosts.sh(host, f"grep -F {shlex.quote(source)} {log}")
     assert code == 0, f"no access log entry from {source} in {log}"
     entry = json.loads(found.splitlines()[-1])
     assert entry["direction"] == "outbound" and entry["protocol"] == "hbone" and entry["outcome"] == "ok"
     assert entry["destination"]["address"] == f"{vip}:9080"
-    assert "-A OUTPUT -j MESHLAB_OUTPUT" in capture_leftovers(hosts, host)
+    assert "-A OUTPUT -j MESHLAB_OUTPUT" in hosts.capture_leftovers(host)
+    # Every agent of the host (supervisor, ztunnel, workloads) runs as the login; not root: with CAP_NET_ADMIN.
+    _, uid = hosts.sh(host, f"id -u {login}")
+    agents = hosts.lab_processes(host, lab)
+    assert any(" ztunnel" in p for p in agents), agents
+    for line in agents:
+        status = hosts.proc_status(host, line.split()[0])
+        assert status["Uid"].split()[:2] == [uid.strip()] * 2, (line, status["Uid"])
+        if login != "root":
+            assert int(status["CapAmb"], 16) == int(status["CapEff"], 16) == NET_ADMIN, (line, status)
+
+    # The rules follow the mode: none takes them (and the VIP route) off the hosts, ambient puts them back.
+    assert "ambient -> none" in meshlab("mode", "bookinfo", "none", "--lab", lab).stdout
+    for h in hosts.containers:
+        assert hosts.capture_leftovers(h) == "", h
+    assert "none -> ambient" in meshlab("mode", "bookinfo", "ambient", "--lab", lab).stdout
+    assert "-A OUTPUT -j MESHLAB_OUTPUT" in hosts.capture_leftovers(host)
+    code, out = hosts.sh(host, shlex.join(["python3", "-c", PROBE, w["address"], vip, "9080", "/details/0"]))
+    assert code == 0 and out.splitlines()[-1:] == ["HTTP/1.1 200 OK"], out
 
     down = json.loads(meshlab("down", lab, "--json").stdout)
     assert down["errors"] == []
     assert_nothing_left(lab, hosts)
     for h in hosts.containers:
-        assert capture_leftovers(hosts, h) == "", h
+        assert hosts.capture_leftovers(h) == "", h

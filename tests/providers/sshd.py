@@ -2,7 +2,8 @@
 
 `SshHosts` makes a Docker network of its own (a free 10.212.x.0/24), a generated key pair and a
 known_hosts file it fills with each host's key as read from the host itself. Hosts can be made
-bad on purpose: no python3, a python3 that says it is 3.8, a login that is not root.
+bad on purpose: no python3, a python3 that says it is 3.8, a login that is not root (`mesh`, no sudo);
+and they can have a login that is not root but may use sudo without a password (`meshsudo`).
 Everything carries the label `meshlab.test=ssh` and is removed by `close()`.
 """
 
@@ -35,8 +36,18 @@ exec /usr/sbin/sshd -D -e
 """
 NO_PYTHON = "rm -f /usr/bin/python3 /usr/bin/python3.*"
 OLD_PYTHON = "rm -f /usr/bin/python3; printf '#!/bin/sh\\necho Python 3.8.10\\n' > /usr/bin/python3; chmod 755 /usr/bin/python3"
-PLAIN_USER = ("useradd -m -s /bin/sh mesh; mkdir -p /home/mesh/.ssh; cp /root/.ssh/authorized_keys /home/mesh/.ssh/; "
-              "chown -R mesh:mesh /home/mesh/.ssh; chmod 700 /home/mesh/.ssh")
+
+
+def _login(user: str) -> str:
+    return (f"useradd -m -s /bin/sh {user}; mkdir -p /home/{user}/.ssh; "
+            f"cp /root/.ssh/authorized_keys /home/{user}/.ssh/; chown -R {user}:{user} /home/{user}/.ssh; "
+            f"chmod 700 /home/{user}/.ssh")
+
+
+PLAIN_USER = _login("mesh")  # no sudo
+SUDO_LOGIN = "meshsudo"
+SUDO_USER = (_login(SUDO_LOGIN) + f"; echo '{SUDO_LOGIN} ALL=(ALL) NOPASSWD: ALL' > /etc/sudoers.d/{SUDO_LOGIN}; "
+             f"chmod 440 /etc/sudoers.d/{SUDO_LOGIN}")
 
 
 class SshHosts:
@@ -108,9 +119,25 @@ class SshHosts:
                   "    try: env = open(f'/proc/{p}/environ','rb').read(); cmd = open(f'/proc/{p}/cmdline','rb').read()\n"
                   "    except OSError: continue\n"
                   f"    if b'MESHLAB_LAB={lab}\\0' in env: print(p, cmd.replace(b'\\0', b' ').decode())\n")
-        code, out = self.sh(name, f"python3 -c {shlex.quote(script)}")
+        # Root in a container lacks CAP_SYS_PTRACE: it reads other users' /proc/<pid>/environ only as them
+        # (with CAP_NET_ADMIN, as a sudo login's agents hold it, which hides it from readers without).
+        line = (f"S={shlex.quote(script)}; python3 -c \"$S\" && ps -eo uid=,gid= | sort -u | "
+                "while read u g; do [ $u = 0 ] || setpriv --reuid=$u --regid=$g --clear-groups "
+                "--inh-caps=+net_admin --ambient-caps=+net_admin python3 -c \"$S\" || exit 1; done")
+        code, out = self.sh(name, line)
         assert code == 0, out
-        return out.splitlines()
+        return sorted(set(out.splitlines()))
+
+    def proc_status(self, name: str, pid: int | str) -> dict[str, str]:
+        """The fields of /proc/<pid>/status of a process on a host (Uid, CapAmb, CapEff, ...)."""
+        code, out = self.sh(name, f"cat /proc/{int(pid)}/status")
+        assert code == 0, out
+        return dict(line.split(":", 1) for line in out.splitlines() if ":" in line)
+
+    def capture_leftovers(self, name: str) -> str:
+        """The host's MESHLAB nat rules and its route of the service CIDR ('' when none)."""
+        code, out = self.sh(name, "iptables -w -t nat -S | grep MESHLAB; ip route show 10.96.0.0/16")
+        return out.strip()
 
     def lab_files(self, name: str, lab: str) -> list[str]:
         """Files and folders on a host whose path names `lab` (under / but /proc and /sys)."""

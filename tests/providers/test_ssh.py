@@ -14,11 +14,12 @@ from pathlib import Path
 
 import pytest
 
+from lab import capture
 from lab.errors import ProvisionError
-from lab.providers.base import NodeSpec, Provider
+from lab.providers.base import NodeSpec, ProcessSpec, Provider
 from lab.providers.ssh import SshProvider, _registry
-from tests.providers.conformance import RealProcessConformance
-from tests.providers.sshd import NO_PYTHON, OLD_PYTHON, PLAIN_USER, SshHosts
+from tests.providers.conformance import RealProcessConformance, eventually
+from tests.providers.sshd import NO_PYTHON, OLD_PYTHON, PLAIN_USER, SUDO_LOGIN, SUDO_USER, SshHosts
 
 pytestmark = [pytest.mark.ssh, pytest.mark.docker]
 
@@ -27,7 +28,7 @@ pytestmark = [pytest.mark.ssh, pytest.mark.docker]
 def hosts(node_image: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[SshHosts]:
     made = SshHosts(node_image, tmp_path_factory.mktemp("ssh"))
     try:
-        made.start("host-1")
+        made.start("host-1", extra=SUDO_USER)  # root, and a login with passwordless sudo
         yield made
     finally:
         made.close()
@@ -76,6 +77,19 @@ class TestSshConformance(RealProcessConformance):
     @pytest.fixture(autouse=True)
     def _keep_hosts(self, hosts: SshHosts) -> None:
         self._hosts = hosts
+
+
+class TestSshSudoConformance(TestSshConformance):
+    """The same suite on a login that is not root but has passwordless sudo, its node capturing transparently:
+    the supervisor runs through `sudo setpriv` with CAP_NET_ADMIN, and the tag scripts go through sudo."""
+
+    @pytest.fixture
+    async def node(self, provider: Provider, agent_pyz: Path, node_address: str, workload_address: str,
+                   hosts: SshHosts) -> str:
+        spec = NodeSpec(provider.lab, "node-1", 0, node_address, (workload_address,),
+                        settings=hosts.settings(node_address, user=SUDO_LOGIN, capture="transparent"))
+        await provider.create_node(spec, agent_pyz)
+        return "node-1"
 
 
 # -- ssh specifics ---------------------------------------------------------------------------------------
@@ -164,6 +178,7 @@ async def test_bad_hosts_give_clear_errors(variant: str, provider: SshProvider, 
             settings = hosts.settings(address, user="mesh", capture="transparent")
             message = await _error_of(provider, agent_pyz, address, settings)
             assert f"ssh.capture is transparent, but on mesh@{address}" in message and "sudo" in message
+            assert "`sudo -n true` failed" in message and "allow the login passwordless sudo" in message
             # Explicit capture needs no privilege: the same login makes a node.
             info = await provider.create_node(NodeSpec(provider.lab, "node-1", 0, address,
                                                        settings=hosts.settings(address, user="mesh")), agent_pyz)
@@ -182,3 +197,97 @@ async def test_unknown_and_missing_settings_are_named(provider: SshProvider, age
     assert "unknown ssh setting(s) colour" in message
     message = await _error_of(provider, agent_pyz, node_address, hosts.settings(node_address, capture="sideways"))
     assert "ssh.capture must be one of auto, explicit, transparent" in message
+
+
+# A supervised process that marks a socket as the proxies do (SO_MARK needs CAP_NET_ADMIN), then stays.
+MARKER = """
+import socket, time
+s = socket.socket()
+try:
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_MARK, 0x539)
+    print("marked", s.getsockopt(socket.SOL_SOCKET, socket.SO_MARK), flush=True)
+except OSError as e:
+    print("cannot mark:", e, flush=True)
+time.sleep(600)
+"""
+NET_ADMIN = 1 << 12  # CAP_NET_ADMIN's bit in /proc/<pid>/status
+
+
+async def test_a_sudo_login_captures_transparently_with_net_admin(provider: SshProvider, agent_pyz: Path,
+                                                                   node_address: str, workload_address: str,
+                                                                   hosts: SshHosts) -> None:
+    settings = hosts.settings(node_address, user=SUDO_LOGIN, capture="transparent")
+    info = await provider.create_node(NodeSpec(provider.lab, "node-1", 0, node_address, (workload_address,),
+                                               settings=settings), agent_pyz)
+    assert info.details["capture"] == info.details["captureCapability"] == "transparent"
+    assert info.details["captureReason"].startswith("passwordless sudo")
+    assert info.details["dir"] == f"/home/{SUDO_LOGIN}/.meshlab/labs/{provider.lab}/node-1"
+    await provider.start_process("node-1", ProcessSpec("marker", ("python3", "-c", MARKER)))
+
+    async def marked() -> str | None:
+        said = [line for line in (await provider.logs("node-1", "marker")).splitlines()
+                if line.startswith(("marked", "cannot mark"))]
+        return said[0] if said else None
+
+    assert await eventually(marked, "the marker's output") == f"marked {0x539}"
+    # The supervisor and what it starts run as the login, with CAP_NET_ADMIN (ambient: passed on at exec).
+    _, uid = hosts.sh("host-1", f"id -u {SUDO_LOGIN}")
+    supervisor = info.details["pid"]
+    marker = next(p.pid for p in await provider.list_processes("node-1") if p.name == "marker")
+    for pid in (supervisor, marker):
+        status = hosts.proc_status("host-1", pid)
+        assert status["Uid"].split()[:2] == [uid.strip()] * 2, status["Uid"]
+        assert int(status["CapAmb"], 16) == int(status["CapEff"], 16) == NET_ADMIN, status
+    # Its files stay the login's.
+    _, owners = hosts.sh("host-1", f"find /home/{SUDO_LOGIN}/.meshlab ! -user {SUDO_LOGIN}")
+    assert owners.strip() == ""
+    # The capture rules go through sudo (the provider's as_root); the node's processes are found through sudo.
+    spec = capture.CaptureSpec("node-1", (capture.CapturedWorkload("web-1", workload_address, (8080,)),),
+                               loopback_workloads=True)
+    await capture.install(provider, "node-1", spec)
+    assert "-A OUTPUT -j MESHLAB_OUTPUT" in hosts.capture_leftovers("host-1")
+    await provider.pause_node("node-1")
+    assert hosts.proc_status("host-1", marker)["State"].split()[0] == "T"
+    assert (await provider.node_info("node-1")).state == "paused"
+    await provider.resume_node("node-1")
+    assert (await provider.node_info("node-1")).state == "running"
+
+    await provider.destroy_node("node-1")
+    assert hosts.lab_processes("host-1", provider.lab) == [] and hosts.lab_files("host-1", provider.lab) == []
+    assert hosts.capture_leftovers("host-1") == ""
+
+
+async def test_a_host_holds_one_transparent_node(provider: SshProvider, agent_pyz: Path, node_address: str,
+                                                 hosts: SshHosts, tmp_path: Path) -> None:
+    settings = hosts.settings(node_address, capture="transparent")
+    await provider.create_node(NodeSpec(provider.lab, "node-1", 0, node_address, settings=settings), agent_pyz)
+    # A second node of the lab there, on an address of its own: the wildcard capture ports are taken.
+    second = f"127.79.{random.randrange(1, 250)}.1"
+    message = await _error_of_node(provider, agent_pyz, "node-2", second, settings)
+    assert (f"node node-2: ssh.capture is transparent, but on root@{node_address} node node-1 of lab "
+            f"{provider.lab} captures transparently already") in message
+    # Another lab there (a sudo login this time): refused the same way, naming the lab; nothing of it recorded.
+    other = SshProvider(f"{provider.lab}-b", tmp_path / "lab-b")
+    try:
+        message = await _error_of_node(other, agent_pyz, "node-1", node_address,
+                                       hosts.settings(node_address, user=SUDO_LOGIN, capture="transparent"))
+        assert f"node node-1 of lab {provider.lab} captures transparently already" in message
+        assert f"meshlab down {provider.lab}" in message
+        assert _registry().get(other.lab, {}) == {}
+        # Explicit capture is no conflict.
+        info = await other.create_node(NodeSpec(other.lab, "node-1", 0, second, settings=hosts.settings(
+            node_address, user=SUDO_LOGIN)), agent_pyz)
+        assert info.details["capture"] == "explicit"
+        await other.destroy_node("node-1")
+    finally:
+        await other.close()
+        await SshProvider.clean(other.lab)
+    assert hosts.lab_processes("host-1", other.lab) == []
+    # The first node is untouched: down then takes its chains off (none were written here: no capture install).
+    assert (await provider.node_info("node-1")).state == "running"
+
+
+async def _error_of_node(provider: SshProvider, agent_pyz: Path, node: str, address: str, settings: dict) -> str:
+    with pytest.raises(ProvisionError) as caught:
+        await provider.create_node(NodeSpec(provider.lab, node, 0, address, settings=settings), agent_pyz)
+    return str(caught.value)
