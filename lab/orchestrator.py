@@ -378,7 +378,9 @@ async def status(name: str) -> dict[str, Any]:
                 for key in ("connection", "capture", "captureCapability", "captureReason", "agentsVia"):  # ssh nodes
                     if key in info.details:
                         entry[key] = info.details[key]
-                entry["processes"] = [_process_json(p) for p in await provider.list_processes(node)]
+                # A stopped or paused node answers nothing: its state says so, with no processes to list.
+                entry["processes"] = ([_process_json(p) for p in await provider.list_processes(node)]
+                                      if info.state not in ("stopped", "paused") else [])
             except LabError as e:
                 entry["state"], entry["error"], entry["processes"] = "unreachable", str(e), []
     finally:

@@ -6,6 +6,11 @@ It keeps running after the lab's own process exits. Everything it knows that
 must survive it is on disk in NODE_DIR: `supervisor.pid`, `supervisor.json`
 (its processes, rewritten atomically on every change) and `config/<section>.json`
 (reloaded on start). Protocol: docs/architecture.md, "Node supervisor control protocol".
+
+When it shuts down (the `shutdown` op, SIGTERM: a stopped container) it records the
+specs of the processes it was keeping up in `restore.json`, like a machine whose
+services are enabled; after a start, the `restore` op launches them again (by role,
+so the lab can bring the ztunnel back before the workloads it captures).
 """
 
 from __future__ import annotations
@@ -64,6 +69,9 @@ class NodeSupervisor:
         self.socket_path = node_dir / "control.sock"
         self.pid_path = node_dir / "supervisor.pid"
         self.state_path = node_dir / "supervisor.json"
+        self.restore_path = node_dir / "restore.json"
+        self._pending: dict[str, dict[str, Any]] = {}  # recorded at the last shutdown, not restored yet
+        self._recorded = False
         self._env = {**os.environ, "MESHLAB_LAB": lab, "MESHLAB_NODE": node}  # MESHLAB_HOME is inherited
         self._locks: dict[str, asyncio.Lock] = {}
         self._dirty = asyncio.Event()
@@ -84,6 +92,7 @@ class NodeSupervisor:
         try:
             await self._shutdown.wait()
             _say("shutting down")
+            self._record_restore()  # a no-op after the `shutdown` op, which recorded first
             await self._stop_all()
         finally:
             writer.cancel()
@@ -102,6 +111,7 @@ class NodeSupervisor:
             self.socket_path.unlink()
         self.pid_path.write_text(f"{os.getpid()}\n")
         self._load_config()
+        self._load_restore()
         try:
             self.resolver_port = await self._resolver_server.start(self.address, self.resolver_port)
         except OSError as e:
@@ -127,6 +137,46 @@ class NodeSupervisor:
                 raise ValueError(f"bad resolver table: {e!r}") from None
             self.resolver = resolver
         self.config[section] = value
+
+    # -- restore record ----------------------------------------------------------
+    def _load_restore(self) -> None:
+        try:
+            doc = json.loads(self.restore_path.read_text())
+        except FileNotFoundError:
+            return
+        except (OSError, ValueError) as e:
+            _say(f"ignoring {self.restore_path}: {e}")
+            return
+        for entry in doc.get("processes", []) if isinstance(doc, dict) else []:
+            if isinstance(entry, dict) and isinstance(entry.get("name"), str):
+                self._pending[entry["name"]] = entry
+
+    def _record_restore(self) -> None:
+        """Write what this node keeps running (and what it had yet to restore) for the next start; once."""
+        if self._recorded:
+            return
+        self._recorded = True
+        # Bounded runs (restart=never) and processes that finished for good are not services to bring back.
+        kept = {name: spec_json(p.spec) for name, p in self.processes.items()
+                if p.active and p.spec.restart != "never"}
+        kept.update({name: doc for name, doc in self._pending.items() if name not in self.processes})
+        self._pending = kept
+        self._save_restore()
+
+    def _save_restore(self) -> None:
+        try:
+            if self._pending:
+                write_json_atomic(self.restore_path, {"node": self.node, "recorded_at": time.time(),
+                                                      "processes": list(self._pending.values())})
+            else:
+                self.restore_path.unlink(missing_ok=True)
+        except OSError as e:
+            _say(f"cannot write {self.restore_path}: {e}")
+
+    def _drop_pending(self, name: str) -> None:
+        """A process started or stopped by request supersedes its record: it must not come back from it."""
+        if self._pending.pop(name, None) is not None:
+            self._save_restore()
 
     # -- state file ----------------------------------------------------------
     def _changed(self) -> None:
@@ -176,6 +226,7 @@ class NodeSupervisor:
 
     async def _op_start(self, request: dict[str, Any]) -> dict[str, Any]:
         spec = ProcessSpec.from_json(request["spec"])
+        self._drop_pending(spec.name)
         async with self._lock(spec.name):
             current = self.processes.get(spec.name)
             if current is not None and current.active and current.spec == spec:
@@ -210,6 +261,7 @@ class NodeSupervisor:
     async def _op_stop(self, request: dict[str, Any]) -> dict[str, Any]:
         """Stop a process and forget it: `list` no longer shows it (its log stays)."""
         process = self._process(request["name"])
+        self._drop_pending(process.spec.name)
         async with self._lock(process.spec.name):
             await process.stop()
             if self.processes.get(process.spec.name) is process:
@@ -241,7 +293,39 @@ class NodeSupervisor:
         await asyncio.to_thread(write_json_atomic, self.dir / "config" / f"{section}.json", value)
         return {}
 
+    async def _op_restore(self, request: dict[str, Any]) -> dict[str, Any]:
+        """Launch the processes recorded at the last shutdown (only those of `roles`, when given).
+
+        A name that runs already is skipped (someone started it meanwhile); either way its record goes.
+        """
+        roles = request.get("roles")
+        if roles is not None and (not isinstance(roles, list) or not all(isinstance(r, str) for r in roles)):
+            raise ValueError("roles must be a list of role names")
+        restored, skipped = [], []
+        for name, doc in list(self._pending.items()):
+            if roles is not None and (doc.get("labels") or {}).get("role", "") not in roles:
+                continue
+            try:
+                spec = ProcessSpec.from_json(doc)
+            except ValueError as e:  # a damaged record must not keep the others from coming back
+                _say(f"not restoring {name}: {e}")
+                del self._pending[name]
+                skipped.append(name)
+                continue
+            async with self._lock(name):
+                current = self.processes.get(name)
+                if current is not None and current.active:
+                    skipped.append(name)
+                else:
+                    self._launch(spec)
+                    restored.append(name)
+            del self._pending[name]
+        if restored or skipped:
+            await asyncio.to_thread(self._save_restore)
+        return {"restored": restored, "skipped": skipped, "pending": sorted(self._pending)}
+
     async def _op_shutdown(self, request: dict[str, Any]) -> dict[str, Any]:
+        self._record_restore()
         await self._stop_all()
         # Exit after this answer is on its way: the control server writes it as soon as we return.
         asyncio.get_running_loop().call_soon(self._shutdown.set)
@@ -258,6 +342,12 @@ class NodeSupervisor:
 
     async def _stop_all(self) -> None:
         await asyncio.gather(*(p.stop() for p in self.processes.values() if p.state != "stopped"))
+
+
+def spec_json(spec: ProcessSpec) -> dict[str, Any]:
+    """A spec as the control protocol's `start` takes it (what `ProcessSpec.from_json` reads)."""
+    return {"name": spec.name, "argv": list(spec.argv), "env": dict(spec.env), "restart": spec.restart,
+            "ready_tcp": list(spec.ready_tcp) if spec.ready_tcp else None, "labels": dict(spec.labels)}
 
 
 def _say(message: str) -> None:

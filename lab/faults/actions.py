@@ -6,6 +6,12 @@ one says so (`ProviderNotSupported`) and the fault is not added. A partition on 
 local provider is enforced by the ztunnels (loopback has no per-node firewall
 without root), so it is mesh traffic that is cut there; other providers partition
 the node's network too.
+
+A stopped node comes back like a machine that reboots with its services enabled, in
+the order `meshlab up` joins a node: the supervisor, then the ztunnel it had (it
+rejoins with the token and root on the node's disk) until it serves, then the
+capture rules of a transparent node (lost with a container's network namespace),
+then the L7 proxies until they serve, then everything else that ran.
 """
 
 from __future__ import annotations
@@ -13,10 +19,14 @@ from __future__ import annotations
 import signal
 from typing import Any
 
-from lab.errors import LabError, ProviderNotSupported
+from lab import capture
+from lab.controlplane import reach, readiness
+from lab.errors import LabError, ProviderNotSupported, ProvisionError
 from lab.faults.store import Fault
 
 ZTUNNEL = "ztunnel"
+PROXY_ROLES = ["waypoint", "sidecar"]
+READY_TIMEOUT = 30.0
 
 
 async def apply(lab: Any, state: dict[str, Any], fault: Fault) -> None:
@@ -29,13 +39,10 @@ async def apply(lab: Any, state: dict[str, Any], fault: Fault) -> None:
         provider = lab.provider_of(node, state)
         if kind == "pause_node":
             await provider.pause_node(node)
+            fault.note = f"{provider.name} provider"
         else:
-            stop = getattr(provider, "stop_node", None)
-            if stop is None:
-                raise ProviderNotSupported(f"the {provider.name} provider cannot stop a node and start it again "
-                                           f"(try pause_node: it freezes every process of the node)")
-            await stop(node)
-        fault.note = f"{provider.name} provider"
+            await provider.stop_node(node)
+            fault.note = f"{provider.name} provider: every process of the node stopped; removal starts them again"
     elif kind in ("kill_agent", "pause_agent"):
         node = fault.target["name"]  # type: ignore[index]
         sig = signal.SIGKILL if kind == "kill_agent" else signal.SIGSTOP
@@ -65,12 +72,44 @@ async def revert(lab: Any, state: dict[str, Any], fault: Fault) -> None:
         node = fault.target["name"]  # type: ignore[index]
         await lab.provider_of(node, state).resume_node(node)
     elif kind == "stop_node":
-        node = fault.target["name"]  # type: ignore[index]
-        provider = lab.provider_of(node, state)
-        await provider.start_node(node)
+        await start_node(lab, state, fault.target["name"])  # type: ignore[index]
     elif kind == "pause_agent":
         node = fault.target["name"]  # type: ignore[index]
         await lab.provider_of(node, state).signal_process(node, ZTUNNEL, signal.SIGCONT)
+
+
+async def start_node(lab: Any, state: dict[str, Any], node: str, timeout: float = READY_TIMEOUT) -> list[str]:
+    """Start a stopped node and bring back what ran on it, in join order; returns the processes restored.
+
+    Every step is tried even when one before it failed (a node half back is worse than one with a
+    slow ztunnel); the failures are raised together at the end.
+    """
+    provider = lab.provider_of(node, state)
+    await provider.start_node(node)
+    problems: list[str] = []
+    routes = reach.routes(state)
+    restored = await provider.restore_processes(node, [ZTUNNEL])
+    if restored and await readiness.wait_ready([state["nodes"][node]["address"]], timeout, routes):
+        tail = await provider.logs(node, ZTUNNEL, tail=5)
+        problems.append(f"the ztunnel of {node} did not serve within {timeout:.0f}s after the node started:\n"
+                        + "\n".join(f"    | {line}" for line in tail.splitlines()[-5:]))
+    if capture.node_capture(state, node) == "transparent":  # the ztunnel serves: iptables may send it traffic
+        try:
+            await capture.install(provider, node, capture.capture_spec(state, node))
+        except LabError as e:
+            problems.append(str(e))
+    proxies = await provider.restore_processes(node, PROXY_ROLES)
+    if proxies:
+        waypoints = [w["address"] for w in state.get("waypoints", {}).values() if w.get("node") == node]
+        sidecars = [w["sidecarAddress"] for name, w in state["workloads"].items()
+                    if w["node"] == node and f"sidecar-{name}" in proxies]
+        not_ready = await readiness.wait_ready([a for a in waypoints + sidecars if a], timeout, routes)
+        if not_ready:
+            problems.append(f"{node}: L7 proxies at {', '.join(not_ready)} did not serve within {timeout:.0f}s")
+    rest = await provider.restore_processes(node)
+    if problems:
+        raise ProvisionError("; ".join(problems))
+    return restored + proxies + rest
 
 
 async def _partition(lab: Any, state: dict[str, Any], fault: Fault, heal: bool) -> str:

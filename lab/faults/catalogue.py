@@ -73,7 +73,8 @@ KINDS: dict[str, Kind] = {k.name: k for k in (
     Kind("partition", "node", ("node", "edge"), "cut a node off (or two nodes apart; --direction upstream: "
          "one way, source to destination only)", direction="both"),
     Kind("pause_node", "node", ("node",), "freeze every process of a node (SIGSTOP) until removed", agent=False),
-    Kind("stop_node", "node", ("node",), "stop a node until removed (providers that can stop nodes)", agent=False),
+    Kind("stop_node", "node", ("node",), "stop every process of a node until removed (connections to it are "
+         "refused); removal starts it again with what ran (local, docker, ssh)", agent=False),
     Kind("kill_agent", "process", ("node",), "SIGKILL the node's ztunnel once (its supervisor restarts it)",
          one_shot=True, agent=False),
     Kind("pause_agent", "process", ("node",), "SIGSTOP the node's ztunnel until removed", agent=False),
@@ -192,3 +193,15 @@ def check_params(kind_name: str, given: dict[str, Any]) -> Validated:
             if p.default is not None:
                 params[p.name] = p.default
     return Validated(kind, params)
+
+
+_UNIT_OF = {"ms": "ms", "us": "us", "duration": "s", "percent": "%"}  # the unit a parsed value is in
+
+
+def kinds_json() -> list[dict[str, Any]]:
+    """Every kind with its parameters, as `GET /v1/faults/kinds` answers it (the TUI's fault form is made from it)."""
+    return [{"name": k.name, "layer": k.layer, "targets": list(k.targets), "help": k.help, "direction": k.direction,
+             "oneShot": k.one_shot, "agent": k.agent,
+             "params": [{"name": p.name, "type": p.type, "unit": _UNIT_OF.get(p.type), "help": p.help,
+                         "default": p.default, "required": p.required} for p in k.params]}
+            for k in KINDS.values()]

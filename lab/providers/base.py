@@ -169,6 +169,27 @@ class Provider(abc.ABC):
     @abc.abstractmethod
     async def resume_node(self, node: str) -> None: ...
 
+    async def stop_node(self, node: str) -> None:
+        """Take the node down like a machine that powers off: every process of it ends (connections to its
+        workloads are refused), and its supervisor records what it kept running for `restore_processes`."""
+        from lab.errors import ProviderNotSupported
+
+        raise ProviderNotSupported(f"the {self.name} provider cannot stop a node and start it again "
+                                   f"(try pause_node: it freezes every process of the node)")
+
+    async def start_node(self, node: str) -> None:
+        """Bring a stopped node back (its supervisor answers; nothing else runs yet); no-op if it runs."""
+        from lab.errors import ProviderNotSupported
+
+        raise ProviderNotSupported(f"the {self.name} provider cannot start a stopped node")
+
+    async def restore_processes(self, node: str, roles: list[str] | None = None) -> list[str]:
+        """Start again what ran when the node stopped (only the processes whose role label is in `roles`,
+        when given), with the specs they had then; returns the names started."""
+        from lab.errors import ProviderNotSupported
+
+        raise ProviderNotSupported(f"the {self.name} provider cannot restore a node's processes")
+
     async def partition(self, node: str, peer: str | None, direction: str = "both") -> None:
         from lab.errors import ProviderNotSupported
 

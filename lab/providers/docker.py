@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import ipaddress
+import json
 import os
 import shlex
 import time
@@ -36,6 +37,7 @@ from lab.providers import proctags
 from lab.providers.base import ExecResult, NodeInfo, NodeSpec
 from lab.providers.local import _copy_atomic, _install
 from lab.providers.supervised import STOP_TIMEOUT, SupervisedProvider
+from lab.state import atomic_write
 
 try:
     import docker
@@ -48,6 +50,8 @@ except ImportError:  # a declared dependency; without it only this provider is u
 T = TypeVar("T")
 
 START_TIMEOUT = 20.0  # container start and the supervisor's first answer
+STOP_GRACE = 15  # `docker stop`: SIGTERM (the supervisor records and stops its processes), SIGKILL after this
+ADDRESSES_FILE = "addresses.json"  # eth0's secondary addresses at stop_node: a new network namespace lacks them
 FALLBACK_RANGE = ipaddress.IPv4Network("10.210.0.0/16")  # /24s for labs whose addresses don't fit
 PARTITION_TAG = "meshlab-partition"
 LABEL_LAB, LABEL_HOME, LABEL_NODE = "meshlab.lab", "meshlab.home", "meshlab.node"
@@ -435,6 +439,51 @@ class DockerProvider(SupervisedProvider):
         container = await self._container(node)
         if container.status == "paused":
             await self._docker(f"node {node}: unpause", lambda client: container.unpause())
+
+    async def stop_node(self, node: str) -> None:
+        """`docker stop`: the supervisor gets SIGTERM (through docker-init), records what runs and stops it.
+
+        The container's network namespace goes with it, so eth0's secondary addresses (workloads, sidecars,
+        waypoints) are saved first in the node's folder; iptables rules (capture, partitions) are lost too:
+        the lab writes the capture again after `start_node`.
+        """
+        container = await self._container(node)
+        await self._forget(node)
+        if container.status == "paused":
+            await self._docker(f"node {node}: unpause", lambda client: container.unpause())
+            container = await self._container(node)
+        if container.status != "running":
+            return  # stopped already
+        primary = _address_on(container, self.network_name)
+        secondary = [a for a in await self._addresses(node) if a != primary]
+        await asyncio.to_thread(atomic_write, self.node_dir(node) / ADDRESSES_FILE,
+                                json.dumps({"addresses": secondary}))
+        if os.geteuid() != 0:  # hand the files the node's root made back to the host user, as destroy_node does
+            await self.exec(node, ["chown", "-R", f"{os.geteuid()}:{os.getegid()}", str(self.node_dir(node))])
+        await self._docker(f"node {node}: stop", lambda client: container.stop(timeout=STOP_GRACE))
+
+    async def start_node(self, node: str) -> None:
+        """`docker start`, wait for the supervisor, put back the secondary addresses saved at stop."""
+        container = await self._container(node)
+        if container.status == "paused":
+            await self._docker(f"node {node}: unpause", lambda client: container.unpause())
+        started = container.status not in ("running", "paused")
+        if started:
+            (self.node_dir(node) / "control.sock").unlink(missing_ok=True)
+            await self._docker(f"node {node}: start", lambda client: container.start())
+        await self._wait_for_supervisor(node)
+        if not started:
+            return  # it ran: its addresses are where they were
+        saved = self.node_dir(node) / ADDRESSES_FILE
+        try:
+            addresses = tuple(json.loads(saved.read_text())["addresses"])
+        except FileNotFoundError:
+            return
+        except (OSError, ValueError, KeyError, TypeError) as e:
+            raise ProvisionError(f"node {node}: cannot read its saved addresses ({saved}): {e}") from None
+        primary = _address_on(await self._container(node), self.network_name) or ""
+        await self._set_workload_addresses(node, primary, addresses)
+        saved.unlink(missing_ok=True)
 
     async def partition(self, node: str, peer: str | None, direction: str = "both") -> None:
         """Drop traffic between `node` and `peer` (every address of it; everything on eth0 when None).

@@ -44,6 +44,8 @@ class FakeNode:
     files: dict[str, bytes] = field(default_factory=dict)
     execs: list[list[str]] = field(default_factory=list)
     paused: bool = False
+    stopped: bool = False
+    restore: dict[str, ProcessSpec] = field(default_factory=dict)  # recorded by stop_node
 
 
 class FakeProvider(Provider):
@@ -71,6 +73,8 @@ class FakeProvider(Provider):
             raise ProvisionError(f"no node {name!r} in lab {self.lab!r}")
         if answering and node.paused:
             raise ProvisionError(f"node {name} is paused: its supervisor answers nothing until resumed")
+        if answering and node.stopped:
+            raise ProvisionError(f"node {name} is stopped: no supervisor runs there")
         return node
 
     def _process(self, node: str, name: str) -> FakeProcess:
@@ -91,8 +95,8 @@ class FakeProvider(Provider):
 
     async def node_info(self, name: str) -> NodeInfo:
         node = self._node(name, answering=False)
-        return NodeInfo(self.lab, name, node.spec.address, "paused" if node.paused else "running", self.name,
-                        {"processes": len(node.processes)})
+        state = "stopped" if node.stopped else "paused" if node.paused else "running"
+        return NodeInfo(self.lab, name, node.spec.address, state, self.name, {"processes": len(node.processes)})
 
     # -- files and commands ------------------------------------------------------------
     async def copy_file(self, node: str, src: Path, dest: str) -> None:
@@ -113,6 +117,7 @@ class FakeProvider(Provider):
     # -- supervised processes --------------------------------------------------------------
     async def start_process(self, node: str, spec: ProcessSpec) -> None:
         processes = self._node(node).processes
+        self._node(node).restore.pop(spec.name, None)  # started by request: its record is superseded
         current = processes.get(spec.name)
         if current is not None and current.spec == spec and current.state == "running":
             return
@@ -121,6 +126,7 @@ class FakeProvider(Provider):
     async def stop_process(self, node: str, name: str) -> None:
         self._process(node, name)
         del self._node(node).processes[name]
+        self._node(node).restore.pop(name, None)
 
     async def signal_process(self, node: str, name: str, signal: int) -> None:
         self._process(node, name).log.append(f"signal {signal}")
@@ -158,6 +164,31 @@ class FakeProvider(Provider):
 
     async def resume_node(self, node: str) -> None:
         self._node(node, answering=False).paused = False
+
+    async def stop_node(self, node: str) -> None:
+        record = self._node(node, answering=False)
+        if record.stopped:
+            return
+        kept = {name: p.spec for name, p in record.processes.items()
+                if p.state in ("starting", "running", "backoff") and p.spec.restart != "never"}
+        record.restore = {**record.restore, **kept}
+        record.processes.clear()
+        record.paused, record.stopped = False, True
+
+    async def start_node(self, node: str) -> None:
+        self._node(node, answering=False).stopped = False
+
+    async def restore_processes(self, node: str, roles: list[str] | None = None) -> list[str]:
+        record = self._node(node)
+        restored = []
+        for name, spec in list(record.restore.items()):
+            if roles is not None and spec.labels.get("role", "") not in roles:
+                continue
+            del record.restore[name]
+            if name not in record.processes:
+                await self.start_process(node, spec)
+                restored.append(name)
+        return restored
 
     # -- leftovers -------------------------------------------------------------------------------
     @classmethod

@@ -217,6 +217,10 @@ class LocalProvider(SupervisedProvider):
         pid = self._supervisor_pid(node)
         if pid is not None and _state(pid) == "T":
             raise ProvisionError(f"node {node} is paused: its supervisor answers nothing until resumed")
+        if pid is None:  # fail at once, naming why, rather than on a socket nobody serves
+            self._require_node(node)
+            raise ProvisionError(f"node {node} is stopped: no supervisor runs there (removing its stop_node "
+                                 f"fault or `meshlab up` starts it again)")
 
     async def logs(self, node: str, name: str, tail: int = 100) -> str:
         path = self._require_node(node) / "logs" / f"{name}.log"
@@ -237,6 +241,35 @@ class LocalProvider(SupervisedProvider):
         self._require_node(node)
         found = await asyncio.to_thread(proctags.find_tagged, self.lab, node)
         proctags.signal_processes(found, signal.SIGCONT)
+
+    async def stop_node(self, node: str) -> None:
+        """The supervisor records what runs and stops it all, then exits; leftovers are killed by their tags."""
+        self._require_node(node)
+        pid = self._supervisor_pid(node)
+        if pid is not None:
+            if _state(pid) == "T":  # a paused node first thaws, so that its supervisor can answer
+                await self.resume_node(node)
+            try:
+                await self._shutdown(node)
+            except ProvisionError:
+                pass  # a hung supervisor records nothing; it goes with the rest
+        await self._forget(node)
+        await asyncio.to_thread(proctags.kill_tagged, self.lab, node)
+        _reap()
+
+    async def start_node(self, node: str) -> None:
+        """Start the node's supervisor again on the address it had (from its `supervisor.json`)."""
+        folder = self._require_node(node)
+        pid = self._supervisor_pid(node)
+        if pid is not None and _state(pid) != "T" and await self._ping(node) is not None:
+            return  # it runs
+        try:
+            address = json.loads((folder / "supervisor.json").read_text())["address"]
+        except (OSError, ValueError, KeyError, TypeError):
+            raise ProvisionError(f"node {node}: cannot start it again: its address is unknown (no readable "
+                                 f"{folder / 'supervisor.json'}); `meshlab up` the lab") from None
+        await asyncio.to_thread(proctags.kill_tagged, self.lab, node)  # a hung supervisor's leftovers
+        await self._start_supervisor(NodeSpec(self.lab, node, 0, str(address)))
 
     async def partition(self, node: str, peer: str | None, direction: str = "both") -> None:
         raise ProviderNotSupported("the local provider cannot partition nodes yet: on loopback a partition "

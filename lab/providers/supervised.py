@@ -117,6 +117,10 @@ class SupervisedProvider(Provider):
     async def push_config(self, node: str, section: str, value: Any) -> None:
         await self._call(node, "config", section=section, value=value)
 
+    async def restore_processes(self, node: str, roles: list[str] | None = None) -> list[str]:
+        answer = await self._call(node, "restore", roles=None if roles is None else list(roles))
+        return [str(name) for name in answer.get("restored", [])]
+
     async def close(self) -> None:
         for node in list(self._clients):
             await self._forget(node)

@@ -1,7 +1,8 @@
 """Live faults on real traffic through a real local lab in ambient mode: each kind's effect, and its removal.
 
 Topology: echo-v1 and client-a on node-1, client-b on node-2, and an `other` service (other-v1 on node-1)
-that no fault targets, for the "untargeted traffic is never dropped" checks.
+that no fault targets, for the "untargeted traffic is never dropped" checks; `near` (near-v1 on node-2)
+is what client-b still reaches while node-1 is stopped.
 """
 
 from __future__ import annotations
@@ -40,6 +41,11 @@ services:
     ports: [{{port: 8080}}]
     workloads:
       - {{name: other-v1, node: node-1, serviceAccount: other, run: {{demo: echo}}}}
+  - name: near
+    namespace: flt
+    ports: [{{port: 8080}}]
+    workloads:
+      - {{name: near-v1, node: node-2, serviceAccount: near, run: {{demo: echo}}}}
 workloads:
   - {{name: client-a, namespace: flt, node: node-1, serviceAccount: client, run: {{demo: sleep}}}}
   - {{name: client-b, namespace: flt, node: node-2, serviceAccount: client, run: {{demo: sleep}}}}
@@ -226,4 +232,50 @@ def test_pause_node_and_kill_agent(lab) -> None:
     deadline = time.monotonic() + 15  # the supervisor restarts the ztunnel
     while time.monotonic() < deadline and load("echo", "client-b", "-n", "1", "-c", "1")["codes"] != {"200": 1}:
         time.sleep(0.5)
+    assert load("echo", "client-b", "-n", "3", "-c", "1")["codes"] == {"200": 3}
+
+
+def node_states() -> dict[str, str]:
+    status = json.loads(meshlab("status", LAB, "--json").stdout)
+    return {name: node["state"] for name, node in status["nodes"].items()}
+
+
+def test_stop_node_refuses_its_traffic_until_removed(lab) -> None:
+    results: dict = {}
+
+    def run() -> None:  # node-2's own traffic, through the stop and the start of node-1
+        results["near"] = load("near", "client-b", "-d", "8s", "-c", "1", "--qps", "20")
+    runner = threading.Thread(target=run)
+    runner.start()
+    time.sleep(0.5)
+    added = fault("add", "stop_node", "node-1")
+    assert node_states() == {"node-1": "stopped", "node-2": "running"}
+    status = json.loads(meshlab("status", LAB, "--json").stdout)
+    assert status["nodes"]["node-1"]["processes"] == [] and "error" not in status["nodes"]["node-1"]
+    # Nothing of node-1 listens any more: refused at once, not a hang until the client's timeout.
+    cut = load("echo", "client-b", "-n", "3", "-c", "1", "--timeout", "10s")
+    assert "200" not in cut["codes"] and cut["errors"], cut
+    assert not any("time" in e.lower() for e in cut["errors"]), cut["errors"]
+    meshlab("fault", "rm", added["id"], "--lab", LAB)
+    assert node_states() == {"node-1": "running", "node-2": "running"}
+    status = json.loads(meshlab("status", LAB, "--json").stdout)
+    assert {p["name"] for p in status["nodes"]["node-1"]["processes"]} >= {"ztunnel", "echo-v1", "other-v1",
+                                                                          "client-a"}
+    deadline = time.monotonic() + 15
+    while time.monotonic() < deadline and load("echo", "client-b", "-n", "1", "-c", "1")["codes"] != {"200": 1}:
+        time.sleep(0.5)
+    assert load("echo", "client-b", "-n", "3", "-c", "1")["codes"] == {"200": 3}
+    assert load("echo", "client-a", "-n", "3", "-c", "1")["codes"] == {"200": 3}  # node-1's own traffic too
+    runner.join(60)
+    near = results["near"]
+    assert near["count"] > 50 and near["codes"] == {"200": near["count"]} and not near["errors"], near
+
+
+def test_stop_node_with_a_ttl_is_started_again_by_the_control_plane(lab) -> None:
+    fault("add", "stop_node", "node-1", "--ttl", "2s")
+    assert node_states()["node-1"] == "stopped"
+    deadline = time.monotonic() + 30  # expiry, then the ztunnel rejoins and gets its certificates
+    while time.monotonic() < deadline and load("echo", "client-b", "-n", "1", "-c", "1")["codes"] != {"200": 1}:
+        time.sleep(0.5)
+    assert faults() == []
     assert load("echo", "client-b", "-n", "3", "-c", "1")["codes"] == {"200": 3}

@@ -4,7 +4,7 @@ Like trio's `check_two_way_stream`: a test module subclasses `ProviderConformanc
 and supplies the fixtures `provider` (a fresh provider for a unique lab,
 cleaned up afterwards), `agent_pyz`, `node_address` and `workload_address`
 (tests/providers/conftest.py has the last three), and may override the hooks
-(`crash`, `leftovers`, `leftovers_of_exec`, `python`). Tests that need processes that
+(`crash`, `leftovers`, `leftovers_of_exec`, `node_processes`, `colour_of`, `python`). Tests that need processes that
 really run (output, readiness gating, exec, the resolver) are in
 `RealProcessConformance`, which every provider but the in-memory fake runs.
 
@@ -16,6 +16,7 @@ on a node that is another machine.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import re
 import sys
@@ -28,6 +29,7 @@ from typing import Any, ClassVar, TypeVar
 import pytest
 
 from lab.errors import ProvisionError
+from lab.providers import proctags
 from lab.providers.base import NodeSpec, ProcessSpec, ProcessStatus, Provider
 
 T = TypeVar("T")
@@ -37,7 +39,7 @@ TIMEOUT = 20.0  # generous: a 2-core machine under load
 WORKLOAD_SCRIPT = r"""
 import os, socket, sys, time
 name = os.environ["MESHLAB_WORKLOAD"]
-print(f"hello from {name} on {os.environ['MESHLAB_NODE']}", flush=True)
+print(f"hello from {name} on {os.environ['MESHLAB_NODE']} colour={os.environ.get('COLOUR', '')}", flush=True)
 if os.environ.get("TEST_EXIT"):
     time.sleep(0.05)
     sys.exit(int(os.environ["TEST_EXIT"]))
@@ -93,6 +95,22 @@ class ProviderConformance:
     async def leftovers_of_exec(self, provider: Provider) -> list[str]:
         """Processes of finished `exec` calls still running (none may be)."""
         return []
+
+    async def node_processes(self, provider: Provider, node: str) -> list[str]:
+        """Every process of the node that still runs (its supervisor included), found without asking it."""
+        return [p.describe() for p in await asyncio.to_thread(proctags.find_tagged, provider.lab, node)]
+
+    async def colour_of(self, provider: Provider, node: str, name: str) -> str | None:
+        """The COLOUR the last run of a test workload had in its environment (its hello line says)."""
+        hellos = [line for line in (await provider.logs(node, name, tail=50)).splitlines() if "hello from" in line]
+        return hellos[-1].rsplit("colour=", 1)[1] if hellos else None
+
+    async def has_colour(self, provider: Provider, node: str, name: str, colour: str) -> None:
+        async def check() -> str | None:
+            seen = await self.colour_of(provider, node, name)
+            return seen if seen == colour else None
+
+        await eventually(check, f"{name} started with COLOUR={colour}")
 
     def workload(self, name: str, *, listen: str | None = None, gate: str | None = None,
                  exit_code: int | None = None, ready_tcp: tuple[str, int] | None = None,
@@ -239,6 +257,55 @@ class ProviderConformance:
         assert (await provider.node_info(node)).state == "running"
         after = await status_of(provider, node, "w1")
         assert (after.pid, after.restarts, after.state) == (before.pid, 0, "running")
+
+    async def test_stop_and_start_node_restores_what_ran(self, provider: Provider, node: str,
+                                                         workload_address: str) -> None:
+        # The current spec counts (w1 was changed after its start), not the first one.
+        await provider.start_process(node, self.workload("w1", COLOUR="blue"))
+        await provider.start_process(node, self.workload("w1", COLOUR="green"))
+        server = self.workload("server", listen=f"{workload_address}:18090", ready_tcp=(workload_address, 18090))
+        agent = dataclasses.replace(self.workload("agent"), labels={"role": "ztunnel"})
+        for spec in (server, agent, self.workload("bounded", restart="never")):
+            await provider.start_process(node, spec)
+        before = {name: await self.running(provider, node, name) for name in ("w1", "server", "agent", "bounded")}
+
+        await provider.stop_node(node)
+        assert (await provider.node_info(node)).state == "stopped"
+        assert await self.node_processes(provider, node) == []
+        with pytest.raises(ProvisionError):
+            await provider.list_processes(node)
+        await provider.stop_node(node)  # stopped already: no error
+
+        await provider.start_node(node)
+        assert (await provider.node_info(node)).state == "running"
+        assert await provider.list_processes(node) == []  # nothing comes back before it is asked to
+        assert await provider.restore_processes(node, ["ztunnel"]) == ["agent"]
+        assert sorted(await provider.restore_processes(node)) == ["server", "w1"]  # not the restart=never run
+        assert await provider.restore_processes(node) == []
+        for name in ("w1", "server", "agent"):
+            after = await self.running(provider, node, name)  # `server` binds its workload address again
+            # Not the pid: a container's pid namespace starts again from the same numbers.
+            assert after.started_at > before[name].started_at and after.labels == before[name].labels
+        assert {p.name for p in await provider.list_processes(node)} == {"w1", "server", "agent"}
+        await self.has_colour(provider, node, "w1", "green")
+        await provider.start_node(node)  # running: nothing happens
+        assert (await status_of(provider, node, "w1")).restarts == 0
+
+    async def test_a_process_started_while_stopped_work_is_pending_is_not_restored_twice(
+            self, provider: Provider, node: str) -> None:
+        await provider.start_process(node, self.workload("w1", COLOUR="blue"))
+        await provider.start_process(node, self.workload("w2"))
+        await self.running(provider, node, "w1")
+        await self.running(provider, node, "w2")
+        await provider.stop_node(node)
+        await provider.start_node(node)
+        # Started by request (as `meshlab up` would) before the restore: that spec wins; w2 was removed.
+        await provider.start_process(node, self.workload("w1", COLOUR="red"))
+        await provider.start_process(node, self.workload("w2"))
+        await provider.stop_process(node, "w2")
+        assert await provider.restore_processes(node) == []
+        await self.running(provider, node, "w1")
+        await self.has_colour(provider, node, "w1", "red")
 
     # -- leftovers -----------------------------------------------------------------------------------
     async def test_clean_removes_everything_of_the_lab(self, provider: Provider, node: str) -> None:

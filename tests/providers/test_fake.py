@@ -30,6 +30,10 @@ class TestFakeConformance(ProviderConformance):
     async def leftovers(self, provider: Provider) -> list[str]:
         return list(FakeProvider.registry.get(provider.lab, {}))
 
+    async def colour_of(self, provider: Provider, node: str, name: str) -> str | None:
+        process = FakeProvider.registry[provider.lab][node].processes.get(name)
+        return None if process is None else process.spec.env.get("COLOUR", "")
+
 
 async def test_instances_of_one_lab_share_their_nodes(lab_name: str, tmp_path: Path) -> None:
     one, two = FakeProvider(lab_name, tmp_path), FakeProvider(lab_name, tmp_path)
