@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import os
 import shlex
+import shutil
 import signal
 import subprocess
 import time
@@ -27,6 +28,30 @@ BACKOFF_RESET_AFTER = 10.0  # seconds of uptime after which a crash counts as th
 STOP_GRACE = 3.0  # SIGTERM, then SIGKILL after this long
 PROBE_INTERVAL = 0.1
 RESTART_POLICIES = ("always", "on-failure", "never")
+
+
+def _ambient_capabilities() -> int:
+    """This process's ambient capability set (non-zero when an ssh node's sudo login gave it CAP_NET_ADMIN)."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as f:
+            return next((int(line.split()[1], 16) for line in f if line.startswith("CapAmb:")), 0)
+    except OSError:
+        return 0
+
+
+def without_capabilities(argv: tuple[str, ...]) -> tuple[str, ...]:
+    """`argv` run with no capabilities, when this supervisor holds ambient ones that children would inherit.
+
+    The agents need CAP_NET_ADMIN to mark their own sockets (SO_MARK) past the capture rules; a
+    workload holding it could do the same and leave the mesh unseen, so workloads go without.
+    """
+    if not _AMBIENT or _SETPRIV is None:
+        return argv
+    return (_SETPRIV, "--inh-caps=-all", "--ambient-caps=-all", "--", *argv)
+
+
+_AMBIENT = _ambient_capabilities()
+_SETPRIV = shutil.which("setpriv")
 
 
 @dataclass(frozen=True)
@@ -205,6 +230,8 @@ class SupervisedProcess:
     async def _run_once(self) -> int:
         """Spawn the process once and wait until it exits (or is stopped); returns its exit code."""
         argv = self.spec.argv
+        if self.spec.labels.get("role") == "workload":
+            argv = without_capabilities(argv)
         try:
             # Popen, not asyncio's subprocess: on Python 3.11 cancelling a half-created asyncio
             # subprocess can hang the loop for good; fork+exec is quick enough to do inline.

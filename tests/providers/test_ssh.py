@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import random
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -223,13 +223,18 @@ async def test_a_sudo_login_captures_transparently_with_net_admin(provider: SshP
     assert info.details["captureReason"].startswith("passwordless sudo")
     assert info.details["dir"] == f"/home/{SUDO_LOGIN}/.meshlab/labs/{provider.lab}/node-1"
     await provider.start_process("node-1", ProcessSpec("marker", ("python3", "-c", MARKER)))
+    # A workload goes without: it could otherwise mark its sockets past the capture rules too.
+    await provider.start_process("node-1", ProcessSpec("app", ("python3", "-c", MARKER), labels={"role": "workload"}))
 
-    async def marked() -> str | None:
-        said = [line for line in (await provider.logs("node-1", "marker")).splitlines()
-                if line.startswith(("marked", "cannot mark"))]
-        return said[0] if said else None
+    def marked(name: str) -> Callable[[], Awaitable[str | None]]:
+        async def said() -> str | None:
+            lines = [line for line in (await provider.logs("node-1", name)).splitlines()
+                     if line.startswith(("marked", "cannot mark"))]
+            return lines[0] if lines else None
+        return said
 
-    assert await eventually(marked, "the marker's output") == f"marked {0x539}"
+    assert await eventually(marked("marker"), "the marker's output") == f"marked {0x539}"
+    assert (await eventually(marked("app"), "the workload's output")).startswith("cannot mark")
     # The supervisor and what it starts run as the login, with CAP_NET_ADMIN (ambient: passed on at exec).
     _, uid = hosts.sh("host-1", f"id -u {SUDO_LOGIN}")
     supervisor = info.details["pid"]
@@ -238,6 +243,9 @@ async def test_a_sudo_login_captures_transparently_with_net_admin(provider: SshP
         status = hosts.proc_status("host-1", pid)
         assert status["Uid"].split()[:2] == [uid.strip()] * 2, status["Uid"]
         assert int(status["CapAmb"], 16) == int(status["CapEff"], 16) == NET_ADMIN, status
+    app = next(p.pid for p in await provider.list_processes("node-1") if p.name == "app")
+    status = hosts.proc_status("host-1", app)
+    assert status["Uid"].split()[:2] == [uid.strip()] * 2 and int(status["CapEff"], 16) == 0, status
     # Its files stay the login's.
     _, owners = hosts.sh("host-1", f"find /home/{SUDO_LOGIN}/.meshlab ! -user {SUDO_LOGIN}")
     assert owners.strip() == ""
