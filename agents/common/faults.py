@@ -163,13 +163,19 @@ def _end(raw: Any, where: str) -> TargetEnd:
 
 
 def connection_faults(faults: Iterable[AgentFault], conn: ConnFacts, kinds: Iterable[str] | None = None,
-                      rng: random.Random | None = None, now: float | None = None) -> list[AgentFault]:
-    """The active L4 faults (of `kinds`, if given) that apply to one new connection, after the toxicity draw."""
+                      rng: random.Random | None = None, now: float | None = None,
+                      draw: bool = True) -> list[AgentFault]:
+    """The active L4 faults (of `kinds`, if given) that apply to one new connection, after the toxicity draw.
+
+    `draw=False`: the faults that *may* apply (toxicity above zero), without drawing."""
     wanted = set(kinds) if kinds is not None else None
     rng = rng or random
     now = time.time() if now is None else now
+
+    def drawn(f: AgentFault) -> bool:
+        return f.toxicity >= 1.0 or (rng.random() < f.toxicity if draw else f.toxicity > 0)
     return [f for f in faults if f.layer == "l4" and (wanted is None or f.kind in wanted) and f.active(now)
-            and f.matches(conn) and (f.toxicity >= 1.0 or rng.random() < f.toxicity)]
+            and f.matches(conn) and drawn(f)]
 
 
 def partition_between(faults: Iterable[AgentFault], source_node: str, destination_node: str,

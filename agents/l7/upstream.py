@@ -9,7 +9,9 @@ proxy's Connector, "queue" waits until a connection is released (a pending reque
 connect to close, idle or busy; `release` puts a connection back (or closes it when the
 upstream said `Connection: close`, maxRequestsPerConnection is reached, or the proxy is
 closing) and wakes one pending request. An idle connection the upstream closed, or one idle
-longer than idleTimeout, is dropped when it would be taken.
+longer than idleTimeout, is dropped when it would be taken. A Connector may have an
+`affinity(endpoint, service, downstream)` method (the live L4 faults a new connection would
+carry): an idle connection is reused only for requests of its own affinity.
 """
 
 from __future__ import annotations
@@ -47,7 +49,7 @@ class Overflow(Exception):
 class UpstreamConnection:
     """One HTTP/1.1 connection to an endpoint, with its response parser."""
 
-    __slots__ = ("reader", "writer", "parser", "host", "served", "idle_since")
+    __slots__ = ("reader", "writer", "parser", "host", "served", "idle_since", "affinity")
 
     def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, host: HostPool) -> None:
         self.reader = reader
@@ -56,6 +58,7 @@ class UpstreamConnection:
         self.host = host
         self.served = 0
         self.idle_since = 0.0
+        self.affinity = ""  # the Connector's affinity when it was opened
 
     def alive(self) -> bool:
         """Whether the upstream can still be sent a request (it did not close, and sent nothing unasked)."""
@@ -138,15 +141,24 @@ class Cluster:
         if host is None:
             host = self.hosts[key] = HostPool(key, endpoint)
         pool = self.policy.pool
+        affinity_of = getattr(connect, "affinity", None)
+        affinity = affinity_of(endpoint, service, downstream) if affinity_of is not None else ""
         while True:
             self._prune(host, pool.idle_timeout)
             admission = pool.admit(active_connections=self.connections, idle_connections=len(host.idle),
                                    pending_requests=self.pending, active_requests=self.active)
             action = admission.action
             if action == "reuse":
-                return host.idle.pop(), True
+                conn = next((c for c in reversed(host.idle) if c.affinity == affinity), None)
+                if conn is None:  # opened under other faults: close one, so this request connects anew
+                    self._closed_one(host.idle.popleft())
+                    continue
+                host.idle.remove(conn)
+                return conn, True
             if action == "connect":
-                return await self._connect(host, connect, service, downstream), False
+                conn = await self._connect(host, connect, service, downstream)
+                conn.affinity = affinity
+                return conn, False
             if action == "overflow":
                 self.overflows += 1
                 raise Overflow(OVERFLOW_BODY)

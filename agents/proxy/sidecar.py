@@ -39,7 +39,7 @@ from agents.proxy.agent import L7Agent
 from agents.proxy.bridge import LIMIT, Streams, serving_pair
 from agents.proxy.connect import MeshConnector, client_headers, tcp_connect
 from agents.proxy.faults import live_fault
-from agents.proxy.toxics import SidecarToxics
+from agents.proxy.toxics import OnwardToxics, SidecarToxics
 from agents.proxy.view import MeshView
 from agents.ztunnel import transparent
 from agents.ztunnel.config import ConfigError, Service, Workload
@@ -64,7 +64,8 @@ class Sidecar(L7Agent):
         self.hbone: HboneServer | None = None
         self.connector = MeshConnector(self.dialer, self._identity,
                                        lambda s: self.view.service_hostname(s) if self.view else s,
-                                       lambda: self.address, mark=self._upstream_mark)
+                                       lambda: self.address, mark=self._upstream_mark,
+                                       toxics=OnwardToxics(lambda: self.view, mesh_endpoints=False))
         fault = live_fault(lambda: self.view)
         self.outbound = L7Proxy(lambda: self._outbound_view, self.connector, self.telemetry, "source",
                                 extra_fault=fault)
@@ -187,7 +188,10 @@ class Sidecar(L7Agent):
             log.info("passthrough to %s:%d failed: %s", ip, port, e.strerror or e)
             client.close()
             return
-        await splice(client, upstream)
+        if self.workload is None:
+            await splice(client, upstream)
+            return
+        await self.toxics.splice(client, upstream, self.workload, None, None)  # nobody else is in front of it
 
     # ---------------------------------------------------------------- inbound
 

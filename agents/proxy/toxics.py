@@ -7,24 +7,35 @@ of the destination does. For a sidecar that means
 * inbound (HBONE from a mesh peer, or plaintext from outside the mesh): the toxics that
   match (source, this workload, its service), unless the source is an ambient workload;
 * outbound TCP pass-through to an endpoint outside the mesh (mode `none`, or Istio's
-  passthrough): nobody is in front of that destination, so the sidecar applies them.
+  passthrough): nobody is in front of that destination, so the sidecar applies them;
+* outbound L7 to an endpoint outside the mesh: on the engine's upstream connection to it
+  (`OnwardToxics`, in the connector), for the same reason.
 
 Outbound L7 to a mesh endpoint leaves them to the destination's proxy (HTTP requests are
 routed one by one, so the destination is not known when the workload's connection is
-accepted). A hit connection leaves the fast path for the asyncio copy loop (`ToxicLink`),
-placed on the downstream side of the L7 engine, so the engine sees a slow or broken client
-connection exactly as a TCP toxic would make it.
+accepted). On the inbound side a hit connection leaves the fast path for the asyncio copy
+loop (`ToxicLink`), placed on the downstream side of the L7 engine, so the engine sees a slow
+or broken client connection exactly as a TCP toxic would make it.
+
+A waypoint applies the toxics of the traffic it routes on its onward connections
+(`OnwardToxics` for every endpoint): only it knows which workload a request goes to, so the
+client's ztunnel leaves the hop to the waypoint alone and the destination's ztunnel sees an
+ambient source and leaves it too. The engine pools upstream connections across clients, so
+each connection carries the ids of the faults it was opened under (`affinity`) and is reused
+only for requests that meet the same ones.
 """
 
 from __future__ import annotations
 
 import asyncio
+import random
 import socket
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from agents.common.faults import AgentFault, ConnFacts, connection_faults
-from agents.common.toxics import L4_KINDS, SocketEnd, ToxicLink, toxic_splice, toxic_target
+from agents.common.toxics import L4_KINDS, End, SocketEnd, ToxicLink, toxic_splice, toxic_target
+from agents.proxy.bridge import LIMIT, Streams
 from agents.ztunnel.config import Service, Workload
 from agents.ztunnel.relay import splice
 
@@ -108,11 +119,77 @@ class SidecarToxics:
     async def splice(self, client: socket.socket, upstream: socket.socket, workload: Workload,
                      endpoint: Mapping[str, Any] | None, service: Service | None) -> None:
         """An outbound TCP connection to an endpoint outside the mesh (or a passthrough destination)."""
-        faults = self._faults(workload, str(endpoint["workload"]) if endpoint else None, None, service)
+        destination = _workload_at(self.view(), endpoint, upstream)
+        name = destination.name if destination else (str(endpoint["workload"]) if endpoint else None)
+        faults = self._faults(workload, name, destination.node if destination else None, service)
         if faults:
             await toxic_splice(client, upstream, faults, self.is_on)
         else:
             await splice(client, upstream)
+
+
+class OnwardToxics:
+    """The L4 toxics an L7 engine's connector applies on the upstream connections it opens.
+
+    `mesh_endpoints`: a waypoint applies them towards every endpoint; a sidecar only towards endpoints
+    outside the mesh (a mesh endpoint's own ztunnel or sidecar applies them, inbound).
+    """
+
+    def __init__(self, view: Callable[[], Any], mesh_endpoints: bool) -> None:
+        self.view = view
+        self.mesh_endpoints = mesh_endpoints
+
+    def is_on(self, fault: AgentFault) -> bool:
+        view = self.view()
+        return view is not None and fault.active() and fault.id in view.snapshot.fault_ids
+
+    def _matching(self, endpoint: Mapping[str, Any], service: str, downstream: Any) -> list[AgentFault]:
+        """The active L4 faults whose target covers (downstream's source, endpoint, service), before the draw."""
+        view = self.view()
+        if view is None or not view.snapshot.faults:
+            return []
+        if not self.mesh_endpoints and endpoint.get("mode") in ("ambient", "sidecar"):
+            return []
+        return connection_faults(view.snapshot.faults, self.facts(view, endpoint, service, downstream), L4_KINDS,
+                                 draw=False)
+
+    @staticmethod
+    def facts(view: Any, endpoint: Mapping[str, Any], service: str, downstream: Any) -> ConnFacts:
+        by_name = view.snapshot.by_name
+        peer = downstream.source
+        source = by_name.get((peer.namespace, peer.workload)) if peer.workload != "unknown" else None
+        destination = by_name.get((str(endpoint.get("namespace") or ""), str(endpoint.get("workload") or "")))
+        return ConnFacts(source_workload=source.name if source else None, source_node=source.node if source else None,
+                         destination_workload=str(endpoint.get("workload") or "") or None,
+                         destination_node=destination.node if destination else None, service=service or None)
+
+    def affinity(self, endpoint: Mapping[str, Any], service: str, downstream: Any) -> str:
+        """Which faults a connection for this request would be opened under ("" for none): a pooled connection
+        is reused only for requests with the same affinity, so an edge's toxics stay with the edge's source."""
+        return ",".join(sorted(f.id for f in self._matching(endpoint, service, downstream)))
+
+    def faults(self, endpoint: Mapping[str, Any], service: str, downstream: Any) -> list[AgentFault]:
+        """The toxics of one new upstream connection (toxicity drawn here, once per connection)."""
+        return [f for f in self._matching(endpoint, service, downstream)
+                if f.toxicity >= 1.0 or random.random() < f.toxicity]
+
+    async def streams(self, server: End, faults: Sequence[AgentFault]) -> Streams:
+        """The engine's streams to `server` (an upstream socket or HBONE tunnel) through `faults`."""
+        mine, theirs = socket.socketpair()
+        _keep(asyncio.ensure_future(ToxicLink(SocketEnd(theirs), server, faults, self.is_on).run()))
+        return await asyncio.open_connection(sock=mine, limit=LIMIT)
+
+
+def _workload_at(view: Any, endpoint: Mapping[str, Any] | None, upstream: socket.socket) -> Workload | None:
+    """The workload an outbound connection goes to: the endpoint's, else the one at the address it reached."""
+    if view is None:
+        return None
+    if endpoint is not None:
+        return view.snapshot.by_name.get((str(endpoint.get("namespace") or ""), str(endpoint["workload"])))
+    try:
+        return view.snapshot.by_address.get(str(upstream.getpeername()[0]))
+    except OSError:
+        return None
 
 
 def _keep(task: asyncio.Future[Any]) -> None:

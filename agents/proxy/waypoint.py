@@ -6,6 +6,8 @@ waypoint's; the CONNECT authority is the service (`hostname:port`). The waypoint
 the HTTP/1.1 inside the tunnel with the L7 engine (reporter `waypoint`): authorization with
 the policies attached to it or to the service, routing, faults, retries, outlier detection,
 then an HBONE tunnel as *its own* identity to the chosen endpoint's ztunnel (or sidecar).
+Live L4 faults on the traffic it routes are applied here, once, on that onward connection
+(`OnwardToxics`): the client's ztunnel does not apply them on its hop to the waypoint.
 The source the metrics name comes from the tunnel: its verified peer identity, the
 `forwarded` client address and the `baggage` the source ztunnel wrote.
 """
@@ -21,6 +23,7 @@ from agents.proxy.agent import L7Agent
 from agents.proxy.bridge import serving_pair
 from agents.proxy.connect import MeshConnector
 from agents.proxy.faults import live_fault
+from agents.proxy.toxics import OnwardToxics
 from agents.proxy.view import MeshView
 from agents.ztunnel.headers import forwarded_node, parse_baggage
 from agents.ztunnel.telemetry import Peer, peer_from_baggage
@@ -36,7 +39,8 @@ class Waypoint(L7Agent):
         self.identity = ""
         self.connector = MeshConnector(self.dialer, lambda: self.identity,
                                        lambda s: self.view.service_hostname(s) if self.view else s,
-                                       lambda: self.address, mark=self._upstream_mark)
+                                       lambda: self.address, mark=self._upstream_mark,
+                                       toxics=OnwardToxics(lambda: self.view, mesh_endpoints=True))
         self.engine = L7Proxy(lambda: self.view, self.connector, self.telemetry, "waypoint",
                               extra_fault=live_fault(lambda: self.view))
         self.hbone = HboneServer(self.address, self.ports.hbone, self.certs.server_context, self.on_connect,

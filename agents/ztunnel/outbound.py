@@ -77,7 +77,8 @@ class Outbound:
         record.source, record.source_identity = Peer.of(source), source.identity
         waypoint = service.waypoint
         if waypoint is not None and waypoint.identity != source.identity:
-            # L7 for this service happens at its waypoint: tunnel there, addressed to the service.
+            # L7 for this service happens at its waypoint: tunnel there, addressed to the service. No L4 toxics
+            # on this hop: the waypoint applies them on its onward connection, where the endpoint is known.
             record.destination = Peer(waypoint.name, waypoint.namespace, waypoint.name, UNKNOWN, waypoint.name,
                                       "latest")
             record.destination_workload_address = f"{service.hostname}:{service_port.port}"

@@ -3,8 +3,11 @@
 Once per connection: L4 toxics are applied by the source's ztunnel when the
 source is an ambient workload (outbound, next to the client, so a reset reaches
 it as a reset), else by the ztunnel in front of the destination (inbound HBONE
-from sidecars and waypoints, plaintext capture), so a connection meets its
-toxics exactly once. Partitions (the local provider's: loopback has
+from sidecars, plaintext capture), so a connection meets its toxics exactly
+once. Traffic to a service with a waypoint meets them at the waypoint, on its
+onward connection (`agents.proxy.toxics.OnwardToxics`): the client's ztunnel
+applies none on its hop to the waypoint, and the destination's ztunnel sees an
+ambient source (the waypoint's `forwarded`) and applies none either. Partitions (the local provider's: loopback has
 no per-node firewall) and revoked identities are refused on both sides.
 The byte moving itself is `agents.common.toxics`.
 """
