@@ -99,6 +99,11 @@ class LabClient:
     def waypoints(self) -> dict[str, Any]:
         return self.call("GET", "/v1/waypoints")
 
+    def config_dump(self, agent: str = "ztunnel", node: str | None = None) -> dict[str, Any]:
+        """An agent's config dump from its admin port: `agent` as proxy-status names it ("ztunnel" with `node`,
+        "waypoint:NS/NAME", "sidecar:WORKLOAD")."""
+        return self.call("GET", "/v1/config-dump", query={"agent": agent, "node": node or ""})
+
     def nodes(self) -> dict[str, Any]:
         """The lab's state with what each node reports now (processes, restarts)."""
         return self.call("GET", "/v1/nodes")
@@ -130,6 +135,10 @@ class LabClient:
     def faults(self) -> dict[str, Any]:
         """The live faults, with the time each has left."""
         return self.call("GET", "/v1/faults")
+
+    def fault_kinds(self) -> dict[str, Any]:
+        """The fault catalogue: every kind with its layer, targets, parameters (type, unit, default), directions."""
+        return self.call("GET", "/v1/faults/kinds")
 
     def add_fault(self, kind: str, target: str | None = None, params: dict[str, Any] | None = None,
                   ttl_seconds: float | None = None, toxicity: float | None = None,

@@ -34,7 +34,8 @@ MAIN_ACTIONS: tuple[MeshAction, ...] = (
     MeshAction("c", "show_certificate", "Cert", "Workload identity and certificate",
                "SPIFFE identity, SAN, serial, expiry and time to rotation of the selected workload"),
     MeshAction("p", "show_agent", "Agent", "Agent config and status",
-               "Proxy status, config versions and log of the selected node's ztunnel", footer=False),
+               "Proxy status, config dump and log of the selected agent: the node's ztunnel, a waypoint or "
+               "a sidecar", footer=False),
     MeshAction("g", "show_access_logs", "Logs", "Access logs", "Live ztunnel access logs, filterable"),
     MeshAction("u", "show_cost", "Cost", "Resource cost", "RSS and CPU per proxy and workload, totals by role",
                footer=False),

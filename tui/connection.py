@@ -9,6 +9,7 @@ from typing import Any, Protocol, TypeVar
 
 from lab.client import LabApiError, LabClient
 from lab.errors import LabError
+from tui.faultcatalogue import FaultCatalogue
 
 T = TypeVar("T")
 
@@ -35,6 +36,8 @@ class LabApi(Protocol):
     def stop_load(self, run_id: str) -> dict[str, Any]: ...
     def set_waypoint(self, namespace: str, enabled: bool, service: str | None = None) -> dict[str, Any]: ...
     def faults(self) -> dict[str, Any]: ...
+    def fault_kinds(self) -> dict[str, Any]: ...
+    def config_dump(self, agent: str = "ztunnel", node: str | None = None) -> dict[str, Any]: ...
     def add_fault(self, kind: str, target: str | None = None, params: dict[str, Any] | None = None,
                   ttl_seconds: float | None = None, toxicity: float | None = None,
                   direction: str | None = None) -> dict[str, Any]: ...
@@ -52,6 +55,7 @@ class LabConnection:
         self._factory = factory
         self._client: LabApi | None = None
         self._lock = threading.Lock()
+        self._catalogue: FaultCatalogue | None = None  # the lab's fault kinds: asked once a session
 
     def client(self) -> LabApi:
         """The client, made now if there is none (raises LabError when the lab is not there)."""
@@ -76,6 +80,16 @@ class LabConnection:
     async def call(self, verb: Callable[[LabApi], T]) -> T:
         """`call_blocking` in a thread, so the UI keeps painting while the lab answers."""
         return await asyncio.to_thread(self.call_blocking, verb)
+
+    async def fault_catalogue(self) -> FaultCatalogue:
+        """The lab's fault kinds, asked on first use and kept for the session (a failed ask is asked again)."""
+        if self._catalogue is None:
+            answer = await self.call(lambda api: api.fault_kinds())
+            try:
+                self._catalogue = FaultCatalogue.from_json(answer)
+            except (TypeError, ValueError, AttributeError) as e:
+                raise LabError(f"unexpected fault catalogue from the lab API ({e})") from e
+        return self._catalogue
 
 
 def describe(error: LabError) -> str:

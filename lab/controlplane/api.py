@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import hmac
+import json
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
@@ -14,6 +16,24 @@ from lab.meshconfig.parse import DEFAULT_NAMESPACE
 
 if TYPE_CHECKING:
     from lab.controlplane.daemon import ControlPlane
+
+
+ADMIN_PORT = 15000  # every agent's admin API (config dump, certificates)
+
+
+def _agent_address(state: dict[str, Any], agent: str, node: str) -> str | None:
+    """Where an agent serves its admin port: a ztunnel on its node's address, a waypoint or sidecar on its own."""
+    kind, _, who = agent.partition(":")
+    if kind == "ztunnel":
+        return state["nodes"].get(node, {}).get("address")
+    if kind == "waypoint":
+        return next((w["address"] for w in (state.get("waypoints") or {}).values()
+                     if f"{w['namespace']}/{w['name']}" == who), None)
+    if kind == "sidecar":
+        from lab.dataplane import sidecar_workloads
+
+        return state["workloads"][who].get("sidecarAddress") if who in sidecar_workloads(state) else None
+    return None
 
 
 def _problems(e: ConfigError) -> dict[str, Any]:
@@ -185,6 +205,13 @@ class LabApi:
     async def list_faults(self, req: ApiRequest) -> tuple[int, Any]:
         return 200, {"faults": self.cp.faults.list(), "version": self.cp.channel.version}
 
+    async def fault_kinds(self, req: ApiRequest) -> tuple[int, Any]:
+        """The fault catalogue: what each kind targets, its parameters (type, unit, default), who enforces it."""
+        from lab.faults.catalogue import kinds_json
+        from lab.faults.store import DIRECTIONS
+
+        return 200, {"kinds": kinds_json(), "directions": list(DIRECTIONS)}
+
     async def add_fault(self, req: ApiRequest) -> tuple[int, Any]:
         body = req.body or {}
         fault = await self.cp.faults.add(body)
@@ -202,8 +229,34 @@ class LabApi:
             return 404, {"error": str(e)}
         return 200, {**answer, "synced": await self._synced(body)}
 
+    async def config_dump(self, req: ApiRequest) -> tuple[int, Any]:
+        """An agent's own /config_dump (admin port 15000): `agent` as proxy-status names it, `node` for a ztunnel."""
+        from lab.controlplane import reach
+
+        agent, node = req.query.get("agent", "ztunnel"), req.query.get("node", "")
+        if agent == "ztunnel" and not node:
+            return 400, {"error": f"node: say whose ztunnel (nodes: {', '.join(self.cp.state['nodes'])})"}
+        address = _agent_address(self.cp.state, agent, node)
+        if address is None:
+            known = [a["agent"] + (f" on {a['node']}" if a["agent"] == "ztunnel" else "")
+                     for a in self.cp.channel.proxy_status()]
+            return 404, {"error": f"no agent '{agent}'" + (f" on node '{node}'" if node else "")
+                         + f" (agents: {', '.join(known) or 'none'})"}
+        routes = reach.routes(self.cp.state)
+        try:
+            status, body = await asyncio.to_thread(reach.get, address, ADMIN_PORT, "/config_dump", 5.0, routes)
+            dump = json.loads(body)
+        except (OSError, ValueError) as e:
+            return 502, {"error": f"agent {agent} at {reach.where(address, ADMIN_PORT, routes)} does not answer "
+                                  f"its config dump ({e})"}
+        if status != 200:
+            return 502, {"error": f"agent {agent} answered its config dump with HTTP {status}"}
+        return 200, {"agent": agent, "node": node or dump.get("node"), "address": address, "dump": dump}
+
     ROUTES = {
         ("GET", "/v1/faults"): list_faults,
+        ("GET", "/v1/faults/kinds"): fault_kinds,
+        ("GET", "/v1/config-dump"): config_dump,
         ("POST", "/v1/faults"): add_fault,
         ("DELETE", "/v1/faults"): remove_fault,
         ("POST", "/v1/loads"): start_load,

@@ -38,6 +38,12 @@ def agent_addresses(nodes: dict[str, Any]) -> list[str]:
     return addresses
 
 
+def config_dumps(client: LabClient) -> dict[str, Any]:
+    """The config dump of every agent proxy-status lists, keyed as `RecordedLab.config_dump` looks them up."""
+    return {f"{a['agent']}@{a['node']}": client.config_dump(a["agent"], a["node"])
+            for a in client.proxy_status()["agents"]}
+
+
 def record(lab: str, samples: int = SAMPLES) -> dict[str, Any]:
     """Answers of every read-only route, and `samples` traffic answers one second apart."""
     client = LabClient(lab)
@@ -60,6 +66,8 @@ def record(lab: str, samples: int = SAMPLES) -> dict[str, Any]:
         "usage": client.usage(),
         "events": client.events(),
         "faults": client.faults(),
+        "configDumps": config_dumps(client),
+        "faultKinds": client.fault_kinds(),
         "logs": {node: agent_and_access_lines(client.logs(node, "ztunnel", tail=5000)["text"])
                  for node in nodes["nodes"]},
     }

@@ -74,6 +74,15 @@ class RecordedLab:
     def faults(self) -> dict[str, Any]:
         return self.rec.get("faults") or {"faults": [], "version": 1}
 
+    def fault_kinds(self) -> dict[str, Any]:
+        return self.rec["faultKinds"]
+
+    def config_dump(self, agent: str = "ztunnel", node: str | None = None) -> dict[str, Any]:
+        found = self.rec.get("configDumps", {}).get(f"{agent}@{node}")
+        if found is None:
+            raise LabApiError(404, f"no agent '{agent}' on node '{node}'")
+        return found
+
     def add_fault(self, kind: str, target: str | None = None, params: dict[str, Any] | None = None,
                   ttl_seconds: float | None = None, toxicity: float | None = None,
                   direction: str | None = None) -> dict[str, Any]:

@@ -11,6 +11,7 @@ SCREENS = {
     "test_main_screen[120x40].svg": "main-120x40.svg",
     "test_main_screen[80x24].svg": "main-80x24.svg",
     "test_detail_screens[workload_certificate].svg": "workload-certificate.svg",
+    "test_detail_screens[agent_detail].svg": "agent-detail.svg",
     "test_detail_screens[access_logs].svg": "access-logs.svg",
     "test_detail_screens[resource_cost].svg": "resource-cost.svg",
     "test_detail_screens[mode_dialog].svg": "mode-dialog.svg",

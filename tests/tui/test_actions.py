@@ -15,8 +15,8 @@ from tests.tui.pilot_helpers import settle, wait_for_notice, wait_for_text, wait
 from tests.tui.screen import screen_text
 from tui.actions import MAIN_ACTIONS
 from tui.app import MeshLabApp
+from tui.mesh import MeshRef
 from tui.screens.access_logs import AccessLogs
-from tui.faultkinds import BY_NAME
 from tui.screens.config_editor import ConfigEditor
 from tui.screens.fault_dialog import FaultDialog
 from tui.screens.faults import Faults
@@ -125,11 +125,12 @@ async def add_fault_from_the_panel(pilot, app: MeshLabApp, kind: str, target: st
     await pilot.press("a")
     await wait_until(pilot, lambda: isinstance(app.screen, FaultDialog), "the fault form")
     form = app.screen
+    assert isinstance(form, FaultDialog)
     form.query_one("#kind", Select).value = kind
     await settle(pilot)
     form.query_one("#target", Input).value = target
-    slots = {str(form.query_one(f"#param-name-{i}", Label).content).rstrip(" *"): i
-             for i in range(len(BY_NAME[kind].params))}
+    slots = {str(form.query_one(f"#param-name-{i}", Label).content).split()[0]: i
+             for i in range(len(form.catalogue.by_name[kind].params))}
     for name, value in params.items():
         form.query_one(f"#param-{slots[name]}", Input).value = value
     form.query_one("#ttl", Input).value = ttl
@@ -313,6 +314,55 @@ async def test_agent_detail_shows_proxy_status_and_config_versions(tui_lab: str)
         await wait_for_text(pilot, "node-1")
         await pilot.press("p")
         await wait_for_text(pilot, "proxy-status of ztunnel/node-1", "SYNCED", "config version", "ACKed v")
+
+
+async def cursor_to(pilot, app: MeshLabApp, ref: MeshRef) -> None:
+    """Move the mesh tree's cursor down to `ref`, as a person would with the arrow key."""
+    await wait_until(pilot, lambda: isinstance(app.screen, MainScreen) and app.screen.mesh is not None, "a poll")
+    for _ in range(60):
+        if app.screen.selected == ref:
+            return
+        await pilot.press("down")
+        await settle(pilot)
+    raise AssertionError(f"the cursor never reached {ref}:\n{screen_text(app)}")
+
+
+async def test_agent_view_shows_the_config_dump_of_a_waypoint_its_ztunnel_and_a_sidecar(tui_lab: str,
+                                                                                       client: LabClient) -> None:
+    set_mode(client, "ambient")
+    client.set_waypoint("bookinfo", True)
+    (waypoint,) = client.waypoints()["waypoints"]
+    node = waypoint["node"]
+    try:
+        app = app_on(tui_lab)
+        async with app.run_test(size=SIZE) as pilot:
+            await wait_for_text(pilot, "waypoint-bookinfo-waypoint")
+            await cursor_to(pilot, app, MeshRef("agent", "waypoint-bookinfo-waypoint", node=node))
+            await pilot.press("p")
+            await wait_for_text(pilot, "proxy-status of waypoint:bookinfo/waypoint", "SYNCED",
+                                "namespace bookinfo as", "spiffe://cluster.local/ns/bookinfo/sa/waypoint",
+                                f"HBONE {waypoint['address']}:15008", "waypoint-bookinfo-waypoint log")
+            await pilot.press("d")  # the whole dump, as the waypoint's admin port answers it
+            await wait_for_text(pilot, "config dump of waypoint:bookinfo/waypoint", '"kind": "waypoint"')
+            await pilot.press("a")  # the node's next agent: its ztunnel
+            text = await wait_for_text(pilot, f"proxy-status of ztunnel/{node}", '"snapshot": {', "serves")
+            version = client.config_dump("ztunnel", node)["dump"]["version"]
+            assert re.search(rf"applied\s+v{version}\b", text), text
+            await pilot.press("escape")
+            assert isinstance(app.screen, MainScreen)
+        client.set_waypoint("bookinfo", False)
+        set_mode(client, "sidecar")
+        app = app_on(tui_lab)
+        async with app.run_test(size=SIZE) as pilot:
+            await wait_for_text(pilot, "sidecar-productpage-v1")
+            workload = client.nodes()["workloads"]["productpage-v1"]
+            await cursor_to(pilot, app, MeshRef("workload", "productpage-v1", "bookinfo", workload["node"]))
+            await pilot.press("p")  # on a workload with a sidecar: its sidecar
+            await wait_for_text(pilot, "proxy-status of sidecar:productpage-v1", "SYNCED", "workload productpage-v1",
+                                f"HBONE {workload['address']}:15008", timeout=20)  # it takes the workload's HBONE
+    finally:
+        client.set_waypoint("bookinfo", False)
+        set_mode(client, "ambient")
 
 
 async def test_access_logs_are_live_and_filterable(tui_lab: str, client: LabClient) -> None:

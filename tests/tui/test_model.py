@@ -17,8 +17,13 @@ from tui.mesh import MeshRef, MeshView
 from tui.screens.config_editor import first_problem_line
 from tui.screens.main import traffic_hint
 from lab.faults.catalogue import KINDS as LAB_KINDS
-from lab.faults.catalogue import check_params
-from tui.faultkinds import KINDS, countdown, live_faults, parse_ttl
+from lab.faults.catalogue import check_params, kinds_json
+from lab.faults.store import DIRECTIONS
+from tests.tui.recorded_lab import RecordedLab
+from tui.agents import AgentRef, agent_for, agents_of
+from tui.configdump import dump_summary, dump_text
+from tui.faultcatalogue import FaultCatalogue
+from tui.livefaults import countdown, live_faults, parse_ttl
 from tui.quick_actions import WaypointToggle, waypoint_summary, waypoint_toggle
 from tui.screens.fault_dialog import fault_summary
 from tui.screens.mode_dialog import mode_summary
@@ -75,15 +80,30 @@ def test_error_rate_and_codes_over_the_last_ten_polls() -> None:
     assert history.window(history.totals[("a", "b", "b")][-1]).error_rate == 0.0
 
 
-def test_the_faults_panel_offers_exactly_the_labs_fault_kinds() -> None:
-    for kind in KINDS:
+def test_the_fault_form_is_made_from_the_labs_catalogue() -> None:
+    catalogue = FaultCatalogue.from_json({"kinds": kinds_json(), "directions": list(DIRECTIONS)})  # as the route
+    assert {k.name for k in catalogue.kinds} == set(LAB_KINDS)
+    assert [k.layer for k in catalogue.kinds][:2] == ["l7", "l7"]  # what a learner reaches for first
+    for kind in catalogue.kinds:
         theirs = LAB_KINDS[kind.name]
-        assert (kind.layer, kind.targets, kind.one_shot) == (theirs.layer, theirs.targets, theirs.one_shot), kind
-        assert [(p.name, p.required) for p in kind.params] == [(p.name, p.required) for p in theirs.params], kind
-        assert kind.direction == theirs.direction
-        # every default the form fills in is one the lab takes
+        assert (kind.layer, kind.targets, kind.one_shot, kind.direction) == (
+            theirs.layer, theirs.targets, theirs.one_shot, theirs.direction)
+        assert [(p.name, p.required) for p in kind.params] == [(p.name, p.required) for p in theirs.params]
+        # every value the form fills in (defaults, examples for required fields) is one the lab takes
         check_params(kind.name, {p.name: p.default for p in kind.params if p.default})
-    assert {k.name for k in KINDS} == set(LAB_KINDS)
+    latency, slicer = catalogue.by_name["latency"], catalogue.by_name["slicer"]
+    assert [(p.default, p.unit) for p in latency.params] == [("200", "ms"), ("0", "ms")]  # an example, the lab's 0
+    assert slicer.params[2].unit == "us" and catalogue.by_name["rotate_root"].params[0].default == "true"
+    assert catalogue.slots == 3 and catalogue.directions == ("upstream", "downstream", "both")
+    with pytest.raises(ValueError, match="no kinds"):
+        FaultCatalogue.from_json({"kinds": []})
+
+
+def test_the_recorded_catalogue_has_the_labs_kinds_and_parameters() -> None:
+    """The snapshots show a recorded answer (help texts may change); re-record when this fails."""
+    def shape(kinds: list[dict[str, Any]]) -> list[tuple[str, list[str]]]:
+        return [(k["name"], [p["name"] for p in k["params"]]) for k in kinds]
+    assert shape(RecordedLab().fault_kinds()["kinds"]) == shape(kinds_json())
 
 
 def test_ttl_and_countdown() -> None:
@@ -199,3 +219,52 @@ def test_start_screen_choices(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -
     (tmp_path / "labs" / "one" / "state.json").write_text("{}")
     (tmp_path / "labs" / "leftover").mkdir()
     assert running_labs() == ["one"]
+
+
+def test_p_opens_the_agent_under_the_cursor(recording: dict[str, Any]) -> None:
+    mesh = MeshView.from_nodes(recording["nodes"])
+    node1 = next(n for n in mesh.nodes if n.name == "node-1")
+    assert [a.agent for a in agents_of(mesh, node1)] == ["ztunnel", "waypoint:bookinfo/waypoint"]
+    waypoint = AgentRef("waypoint:bookinfo/waypoint", "waypoint-bookinfo-waypoint", "node-1")
+    cases = {MeshRef("agent", "waypoint-bookinfo-waypoint", node="node-1"): waypoint,
+             MeshRef("namespace", "bookinfo"): waypoint,  # its waypoint
+             MeshRef("service", "ratings", "bookinfo"): waypoint,  # the namespace's waypoint serves it
+             MeshRef("workload", "ratings-v1", "bookinfo", "node-3"): AgentRef("ztunnel", "ztunnel", "node-3"),
+             MeshRef("node", "node-2"): AgentRef("ztunnel", "ztunnel", "node-2")}
+    for ref, want in cases.items():
+        found = agent_for(mesh, ref)
+        assert found is not None and found[1] == want, ref
+    assert waypoint.title == "waypoint:bookinfo/waypoint" and AgentRef("ztunnel", "ztunnel", "n").title == "ztunnel/n"
+
+
+def test_a_workload_with_a_sidecar_opens_its_sidecar(recording: dict[str, Any]) -> None:
+    nodes = recording["nodes"]
+    nodes["namespaces"]["bookinfo"] = {"mode": "sidecar", "waypoint": False}
+    nodes["waypoints"] = {}
+    for node in nodes["nodes"].values():
+        node["processes"] = [p for p in node["processes"] if p["labels"].get("role") != "waypoint"]
+    nodes["nodes"]["node-3"]["processes"].append({"name": "sidecar-ratings-v1", "state": "running", "restarts": 0,
+                                                  "labels": {"role": "sidecar", "workload": "ratings-v1"}})
+    mesh = MeshView.from_nodes(nodes)
+    found = agent_for(mesh, MeshRef("workload", "ratings-v1", "bookinfo", "node-3"))
+    assert found is not None and found[1] == AgentRef("sidecar:ratings-v1", "sidecar-ratings-v1", "node-3")
+    assert [a.agent for a in agents_of(mesh, found[0])] == ["ztunnel", "sidecar:ratings-v1"]
+
+
+def test_config_dump_summary_and_text(recording: dict[str, Any]) -> None:
+    from rich.console import Console
+
+    def shown(dump: dict[str, Any]) -> str:
+        console = Console(width=100, record=True)
+        console.print(dump_summary(dump))
+        return console.export_text()
+
+    waypoint = recording["configDumps"]["waypoint:bookinfo/waypoint@node-1"]["dump"]
+    text = shown(waypoint)
+    assert "v7" in text and "namespace bookinfo as spiffe://cluster.local/ns/bookinfo/sa/waypoint" in text
+    assert "1 PeerAuthentication" in text and "abort" in text and "connected" in text
+    ztunnel = recording["configDumps"]["ztunnel@node-1"]["dump"]
+    assert "HBONE 127.105.1.1:15008" in shown(ztunnel) and "1 root" in shown(ztunnel)
+    assert "-----BEGIN CERTIFICATE----- … (" in dump_text(ztunnel) and "MII" not in dump_text(ztunnel)
+    rejected = {**ztunnel, "rejected": {"version": 8, "error": "ConfigError: bad"}, "snapshot": None}
+    assert "no config yet" in shown(rejected) and "v8: ConfigError: bad" in shown(rejected)

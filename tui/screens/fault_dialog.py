@@ -14,9 +14,8 @@ from textual.widgets import Button, Input, Label, Select, Static
 
 from lab.errors import LabError
 from tui.connection import LabConnection, describe
-from tui.faultkinds import BY_NAME, DIRECTIONS, KINDS, LAYER_TITLES, FaultKind, countdown, parse_ttl
-
-SLOTS = max(len(k.params) for k in KINDS)  # parameter fields, relabelled for the kind picked
+from tui.faultcatalogue import LAYER_TITLES, FaultCatalogue, FaultKind, FaultParam
+from tui.livefaults import countdown, parse_ttl
 
 
 def fault_summary(answer: dict[str, Any]) -> str:
@@ -32,36 +31,53 @@ def fault_summary(answer: dict[str, Any]) -> str:
     return f"fault {answer.get('id')} added: {what}{ttl} (config v{answer.get('version')})"
 
 
-def kind_options() -> list[tuple[str, str]]:
-    return [(f"{k.name:<14} {LAYER_TITLES[k.layer]}: {k.help}", k.name) for k in KINDS]
+KIND_ROW = 78  # characters a kind picker row has in the wide dialog
+
+
+def kind_options(catalogue: FaultCatalogue) -> list[tuple[str, str]]:
+    rows = []
+    for k in catalogue.kinds:
+        head = f"{k.name:<14} {LAYER_TITLES.get(k.layer, k.layer)}: "
+        rows.append((head + k.short_help(KIND_ROW - len(head)), k.name))
+    return rows
+
+
+def param_label(p: FaultParam) -> str:
+    """'delay us': the name, the unit a bare number is in when the help does not say it, a star when required."""
+    unit = f" {p.unit}" if p.unit in ("ms", "us") and p.unit not in p.help.split() else ""
+    return p.name + unit + (" *" if p.required else "")
 
 
 class FaultDialog(ModalScreen[str | None]):
-    """The form; enter in a field or the Add button sends it; the lab's refusal (naming the field) stays here."""
+    """The form, made from the lab's fault catalogue; enter in a field or the Add button sends it; the lab's
+    refusal (naming the field) stays here."""
 
     BINDINGS = [Binding("escape", "dismiss(None)", "Cancel")]
 
-    def __init__(self, connection: LabConnection, kind: str = "abort", target: str = "") -> None:
+    def __init__(self, connection: LabConnection, catalogue: FaultCatalogue, kind: str = "abort",
+                 target: str = "") -> None:
         super().__init__()
         self.connection = connection
-        self.initial_kind = kind if kind in BY_NAME else KINDS[0].name
+        self.catalogue = catalogue
+        self.initial_kind = kind if kind in catalogue.by_name else catalogue.kinds[0].name
         self.initial_target = target
 
     def compose(self) -> ComposeResult:
         with Vertical(classes="dialog wide", id="fault-form") as box:
             box.border_title = "add a fault"
             yield Label("kind")
-            yield Select(kind_options(), value=self.initial_kind, allow_blank=False, id="kind")
+            yield Select(kind_options(self.catalogue), value=self.initial_kind, allow_blank=False, id="kind")
             yield Static("", id="kind-help", classes="hint")
             yield Label("target", id="target-label")
             yield Input(self.initial_target, id="target")
-            for i in range(SLOTS):
+            for i in range(self.catalogue.slots):
                 with Horizontal(classes="param", id=f"slot-{i}"):
                     yield Label("", classes="param-name", id=f"param-name-{i}")
                     yield Input(id=f"param-{i}")
             with Horizontal(classes="param", id="traffic-fields"):
                 yield Label("direction", classes="param-name")
-                yield Select([(d, d) for d in DIRECTIONS], allow_blank=False, value="downstream", id="direction")
+                yield Select([(d, d) for d in self.catalogue.directions], allow_blank=False,
+                             value=self.catalogue.kinds[0].direction, id="direction")
                 yield Label("toxicity 0-1", classes="param-name", id="toxicity-label")
                 yield Input("1", id="toxicity")
             with Horizontal(classes="param"):
@@ -73,36 +89,37 @@ class FaultDialog(ModalScreen[str | None]):
                 yield Button("Cancel", id="cancel")
 
     def on_mount(self) -> None:
-        self.show_kind(BY_NAME[self.initial_kind])
+        self.show_kind(self.catalogue.by_name[self.initial_kind])
         self.query_one("#target", Input).focus()
 
     @property
     def kind(self) -> FaultKind:
-        return BY_NAME[str(self.query_one("#kind", Select).value)]
+        return self.catalogue.by_name[str(self.query_one("#kind", Select).value)]
 
     @on(Select.Changed, "#kind")
     def _kind_changed(self, event: Select.Changed) -> None:
-        if isinstance(event.value, str) and event.value in BY_NAME:
-            self.show_kind(BY_NAME[event.value])
+        if isinstance(event.value, str) and event.value in self.catalogue.by_name:
+            self.show_kind(self.catalogue.by_name[event.value])
 
     def show_kind(self, kind: FaultKind) -> None:
         """Relabel the parameter fields for `kind`, with its defaults; hide what it does not take."""
-        self.query_one("#kind-help", Static).update(f"{LAYER_TITLES[kind.layer]} — {kind.help}"
+        self.query_one("#kind-help", Static).update(f"{LAYER_TITLES.get(kind.layer, kind.layer)} — {kind.help}"
                                                     + (" (done once, not kept)" if kind.one_shot else ""))
         self.query_one("#target", Input).placeholder = kind.target_hint
         self.query_one("#target-label", Label).update(f"target: {kind.target_hint}")
-        for i in range(SLOTS):
+        for i in range(self.catalogue.slots):
             slot = self.query_one(f"#slot-{i}")
             slot.display = i < len(kind.params)
             if i < len(kind.params):
                 p = kind.params[i]
-                self.query_one(f"#param-name-{i}", Label).update(p.name + (" *" if p.required else ""))
+                self.query_one(f"#param-name-{i}", Label).update(param_label(p))
                 field = self.query_one(f"#param-{i}", Input)
                 field.value, field.placeholder, field.tooltip = p.default, p.help, p.help
         self.query_one("#traffic-fields").display = kind.has_direction
         self.query_one("#toxicity", Input).display = kind.has_toxicity
         self.query_one("#toxicity-label").display = kind.has_toxicity
-        self.query_one("#direction", Select).value = kind.direction
+        if kind.direction in self.catalogue.directions:
+            self.query_one("#direction", Select).value = kind.direction
         self.query_one("#ttl", Input).disabled = kind.one_shot
 
     @on(Button.Pressed, "#cancel")

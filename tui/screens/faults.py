@@ -16,7 +16,8 @@ from textual.widgets import DataTable, Footer, Header, Static
 
 from lab.errors import LabError
 from tui.connection import LabConnection, describe
-from tui.faultkinds import KINDS, LAYER_TITLES, LiveFault, countdown, live_faults
+from tui.faultcatalogue import LAYER_TITLES, FaultCatalogue
+from tui.livefaults import LiveFault, countdown, live_faults
 from tui.screens.fault_dialog import FaultDialog
 
 LAYER_STYLE = {"l7": "bold magenta", "l4": "bold yellow", "node": "bold red", "process": "red", "security": "cyan"}
@@ -24,7 +25,7 @@ SHORT_TARGET = {"service": "svc", "workload": "wl", "node": "node", "edge": "edg
 COLUMNS = ("id", "kind", "layer", "target", "params", "direction", "toxicity", "expires in")
 
 
-def kinds_table() -> Table:
+def kinds_table(catalogue: FaultCatalogue) -> Table:
     """Every kind the lab offers, by layer: what it does and what it needs."""
     table = Table(box=None, header_style="bold", padding=(0, 1), pad_edge=False, expand=True)
     table.add_column("layer", no_wrap=True)
@@ -32,10 +33,10 @@ def kinds_table() -> Table:
     table.add_column("targets", no_wrap=True)
     table.add_column("parameters", ratio=1)
     table.add_column("what it does", ratio=2)
-    for k in KINDS:
+    for k in catalogue.kinds:
         params = " ".join(p.name + ("*" if p.required else "") for p in k.params) or "-"
-        targets = " ".join(SHORT_TARGET[t] for t in k.targets)
-        table.add_row(Text(LAYER_TITLES[k.layer], style=LAYER_STYLE.get(k.layer, "")), k.name, targets,
+        targets = " ".join(SHORT_TARGET.get(t, t) for t in k.targets)
+        table.add_row(Text(LAYER_TITLES.get(k.layer, k.layer), style=LAYER_STYLE.get(k.layer, "")), k.name, targets,
                       params, k.help)
     return table
 
@@ -61,7 +62,7 @@ class Faults(Screen[None]):
         yield DataTable(id="live-faults", cursor_type="row", zebra_stripes=True)
         yield Static("asking the lab …", id="fault-count")
         with VerticalScroll(id="fault-kinds", classes="panel"):
-            yield Static(kinds_table())
+            yield Static("asking the lab for its fault kinds …", id="kinds-table")
         yield Footer()
 
     def on_mount(self) -> None:
@@ -72,9 +73,21 @@ class Faults(Screen[None]):
         table.add_columns(*COLUMNS)
         self.query_one("#fault-kinds").border_title = "kinds (* required; targets: svc service, wl workload, node, edge SRC->DST)"
         self.load()
+        self.load_kinds()
         if self.refresh_seconds > 0:
             self.set_interval(self.refresh_seconds, self.load)
         table.focus()
+
+    @work(exclusive=True, group="fault-kinds")
+    async def load_kinds(self) -> None:
+        """The lab's fault catalogue, for the kinds table (asked once a session)."""
+        shown = self.query_one("#kinds-table", Static)
+        try:
+            catalogue = await self.connection.fault_catalogue()
+        except LabError as e:
+            shown.update(Text(f"cannot read the lab's fault kinds: {describe(e)}", style="red"))
+            return
+        shown.update(kinds_table(catalogue))
 
     @work(exclusive=True, group="faults")
     async def load(self) -> None:
@@ -115,7 +128,17 @@ class Faults(Screen[None]):
         return self.faults[row] if 0 <= row < len(self.faults) else None
 
     def action_add_fault(self) -> None:
-        self.app.push_screen(FaultDialog(self.connection, target=self.target), self._added)
+        self.open_form()
+
+    @work(exclusive=True, group="fault-form")
+    async def open_form(self) -> None:
+        """Open the add form, made from the lab's catalogue (asked now unless this session has it)."""
+        try:
+            catalogue = await self.connection.fault_catalogue()
+        except LabError as e:
+            self.notify(describe(e), title="fault kinds", severity="error")
+            return
+        self.app.push_screen(FaultDialog(self.connection, catalogue, target=self.target), self._added)
 
     def _added(self, summary: str | None) -> None:
         if summary:

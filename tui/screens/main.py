@@ -15,8 +15,9 @@ from textual.widgets import Footer, Header
 
 from lab.errors import LabError
 from tui.actions import MAIN_ACTIONS, bindings
+from tui.agents import agent_for, agents_of
 from tui.connection import LabConnection, describe
-from tui.faultkinds import countdown, live_faults
+from tui.livefaults import countdown, live_faults
 from tui.mesh import MeshRef, MeshView
 from tui.messages import LabChanged, LabPolled, LabUnavailable, MeshSelected
 from tui.screens.access_logs import AccessLogs
@@ -247,9 +248,10 @@ class MainScreen(Screen[None]):
 
     def action_show_agent(self) -> None:
         mesh = self._need_mesh()
-        node = mesh.node_for(self.selected) if mesh else None
-        if node is not None:
-            self.app.push_screen(AgentDetail(self.connection, node, clock=self.clock))
+        found = agent_for(mesh, self.selected) if mesh else None
+        if mesh is not None and found is not None:
+            node, agent = found
+            self.app.push_screen(AgentDetail(self.connection, node, agents_of(mesh, node), agent, clock=self.clock))
 
     def action_show_access_logs(self) -> None:
         mesh = self._need_mesh()
