@@ -85,7 +85,7 @@ def _waypoint_ref(state: dict[str, Any], service_key: str) -> dict[str, Any] | N
     if entry is None:
         return None
     return {"name": entry["name"], "namespace": entry["namespace"], "address": entry["address"],
-            "hbonePort": HBONE_PORT, "identity": entry["identity"]}
+            "hbonePort": HBONE_PORT, "identity": entry["identity"], "node": entry["node"]}
 
 
 def waypoint_snapshot(state: dict[str, Any], entry: dict[str, Any], policy: dict[str, Any],

@@ -60,6 +60,9 @@ class MeshConnector:
         return self.toxics.affinity(endpoint, service, downstream) if self.toxics is not None else ""
 
     async def __call__(self, endpoint: Mapping[str, Any], service: str, downstream: Any) -> Streams:
+        refused = self.toxics.refusal(endpoint) if self.toxics is not None else None
+        if refused is not None:  # as a cut network looks to Envoy: the connection cannot be made
+            raise UpstreamConnectError("UF", f"connect to {endpoint['ip']}:{endpoint['port']}: {refused}")
         faults = self.toxics.faults(endpoint, service, downstream) if self.toxics is not None else []
         if endpoint.get("mode") in MESH_MODES:
             authority = f"{endpoint['ip']}:{endpoint['port']}"

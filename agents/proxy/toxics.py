@@ -36,6 +36,7 @@ from typing import Any
 from agents.common.faults import AgentFault, ConnFacts, connection_faults
 from agents.common.toxics import L4_KINDS, End, SocketEnd, ToxicLink, toxic_splice, toxic_target
 from agents.proxy.bridge import LIMIT, Streams
+from agents.ztunnel.toxics import FaultGate
 from agents.ztunnel.config import Service, Workload
 from agents.ztunnel.relay import splice
 
@@ -45,11 +46,10 @@ _links: set[asyncio.Future[Any]] = set()  # running links, referenced until they
 CONNECTION_FAULTS = (*L4_KINDS, "expire_cert", "foreign_ca", "revoke", "partition")
 
 
-class SidecarToxics:
-    """The L4 faults of one sidecar, asked of the current view (a removed fault stops acting at once)."""
+class PoolRetirer:
+    """Lets an L7 proxy's pooled connections go when a config adds a fault that acts on new connections."""
 
-    def __init__(self, view: Callable[[], Any]) -> None:
-        self.view = view
+    def __init__(self) -> None:
         self._fault_ids: set[str] = set()
 
     def follow(self, view: Any, engines: Sequence[Any], dialer: Any, identities: Sequence[str]) -> None:
@@ -64,6 +64,14 @@ class SidecarToxics:
                 cluster.drop_idle()
         for identity in identities:
             dialer.rotated(identity)
+
+
+class SidecarToxics(PoolRetirer):
+    """The L4 faults of one sidecar, asked of the current view (a removed fault stops acting at once)."""
+
+    def __init__(self, view: Callable[[], Any]) -> None:
+        super().__init__()
+        self.view = view
 
     def is_on(self, fault: AgentFault) -> bool:
         view = self.view()
@@ -162,6 +170,18 @@ class OnwardToxics:
         return ConnFacts(source_workload=source.name if source else None, source_node=source.node if source else None,
                          destination_workload=str(endpoint.get("workload") or "") or None,
                          destination_node=destination.node if destination else None, service=service or None)
+
+    def refusal(self, endpoint: Mapping[str, Any]) -> str | None:
+        """Why this proxy may not connect to `endpoint` at all (a partition between its node and the
+        endpoint's, a revoked identity), or None. Unlike toxics, for every endpoint: in sidecar mode no
+        ztunnel is on the path to enforce a partition."""
+        view = self.view()
+        if view is None or not view.snapshot.faults:
+            return None
+        snapshot = view.snapshot
+        destination = snapshot.by_name.get((str(endpoint.get("namespace") or ""), str(endpoint.get("workload") or "")))
+        identities = (str(endpoint["identity"]),) if endpoint.get("mode") in ("ambient", "sidecar") else ()
+        return FaultGate.refusal(snapshot, snapshot.node, destination.node if destination else None, identities)
 
     def affinity(self, endpoint: Mapping[str, Any], service: str, downstream: Any) -> str:
         """Which faults a connection for this request would be opened under ("" for none): a pooled connection

@@ -23,7 +23,7 @@ from agents.proxy.agent import L7Agent
 from agents.proxy.bridge import serving_pair
 from agents.proxy.connect import MeshConnector
 from agents.proxy.faults import live_fault
-from agents.proxy.toxics import OnwardToxics
+from agents.proxy.toxics import OnwardToxics, PoolRetirer
 from agents.proxy.view import MeshView
 from agents.ztunnel.headers import forwarded_node, parse_baggage
 from agents.ztunnel.telemetry import Peer, peer_from_baggage
@@ -45,6 +45,7 @@ class Waypoint(L7Agent):
                               extra_fault=live_fault(lambda: self.view))
         self.hbone = HboneServer(self.address, self.ports.hbone, self.certs.server_context, self.on_connect,
                                  proxy_name="waypoint")
+        self.pools = PoolRetirer()
 
     async def start_listeners(self) -> None:
         await self.hbone.start()
@@ -55,6 +56,8 @@ class Waypoint(L7Agent):
             raise ValueError("proxy.identity: the waypoint's identity is missing")
         self.identity = identity
         view._authz = lambda downstream: view.waypoint_target(view.services.get(downstream.service))
+        # Like a sidecar: a new certificate or L4 fault meets new connections, so pooled ones are let go.
+        self.pools.follow(view, (self.engine,), self.dialer, [identity])
         return [identity]
 
     async def close_listeners(self) -> None:

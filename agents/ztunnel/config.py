@@ -83,6 +83,7 @@ class WaypointRef:
     address: str
     hbone_port: int
     identity: str
+    node: str = ""  # where it runs (a partition of that node cuts the hop to it)
 
     @property
     def hbone_target(self) -> tuple[str, int]:
@@ -295,7 +296,7 @@ def _waypoint(raw: Any, where: str) -> WaypointRef | None:
     d = _dict(raw, where)
     identity = _identity(d, where)
     return WaypointRef(_str(d, "name", where), _str(d, "namespace", where), _ip(d, "address", where),
-                       _port(d.get("hbonePort", 15008), f"{where}.hbonePort"), identity)
+                       _port(d.get("hbonePort", 15008), f"{where}.hbonePort"), identity, str(d.get("node") or ""))
 
 
 # ---------------------------------------------------------------- field checks

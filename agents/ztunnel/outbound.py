@@ -82,6 +82,9 @@ class Outbound:
             record.destination = Peer(waypoint.name, waypoint.namespace, waypoint.name, UNKNOWN, waypoint.name,
                                       "latest")
             record.destination_workload_address = f"{service.hostname}:{service_port.port}"
+            refusal = self.gate.refusal(snapshot, source.node, waypoint.node or None)
+            if refusal is not None:
+                return self._refuse(client, record, snapshot, service, "fault", "FI", refusal, source=source)
             await self._via_hbone(client, peer, record, snapshot, source, service, waypoint.hbone_target,
                                   f"{service.hostname}:{service_port.port}", waypoint.identity)
             return

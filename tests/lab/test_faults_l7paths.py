@@ -11,6 +11,7 @@ The measuring helpers are test_faults_live's, pointed at this module's lab.
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import pytest
@@ -129,3 +130,50 @@ def test_reset_peer_on_a_sidecar_call_outside_the_mesh(lab) -> None:
     assert result["codes"] == {"503": 5}, result  # the sidecar's upstream connection is reset: 503 UC
     rm(added)
     assert live.load("outside.plain", "side-client", "-n", "5", "-c", "1")["codes"] == {"200": 5}
+
+
+# ---------------------------------------------------------------- faults that refuse connections
+
+
+def answers_200_again(target: str, source: str, timeout: float = 30.0) -> None:
+    """Wait (bounded) until `source` gets 200s from `target` again: an agent may first renew a certificate."""
+    deadline = time.monotonic() + timeout
+    while True:
+        result = live.load(target, source, "-n", "3", "-c", "1")
+        if result["codes"] == {"200": 3}:
+            return
+        assert time.monotonic() < deadline, f"{source} -> {target} still failing after {timeout:g}s: {result}"
+        time.sleep(0.5)
+
+
+def test_a_partition_of_the_waypoints_node_cuts_the_hop_to_it(lab) -> None:
+    # amb's waypoint runs on node-1 (with echo-v1); client-b on node-2 reaches echo only through it
+    assert live.load("echo", "client-b", "-n", "3", "-c", "1")["codes"] == {"200": 3}
+    added = live.fault("add", "partition", "node-1")
+    result = live.load("echo", "client-b", "-n", "3", "-c", "1")
+    assert "200" not in result["codes"], result
+    assert live.load("echo", "client-a", "-n", "3", "-c", "1")["codes"] == {"200": 3}  # same node: untouched
+    rm(added)
+    answers_200_again("echo", "client-b")
+
+
+def test_a_partition_cuts_a_sidecars_calls_across_it(lab) -> None:
+    # side-client's sidecar (node-1) calls outside-v1 (node-2): no ztunnel on that path, the sidecar refuses
+    assert live.load("outside.plain", "side-client", "-n", "3", "-c", "1")["codes"] == {"200": 3}
+    added = live.fault("add", "partition", "node-2")
+    result = live.load("outside.plain", "side-client", "-n", "3", "-c", "1")
+    assert result["codes"] == {"503": 3}, result  # the sidecar cannot connect: 503 UF
+    rm(added)
+    answers_200_again("outside.plain", "side-client")
+
+
+@pytest.mark.parametrize("kind", ["revoke", "foreign_ca"])
+def test_a_certificate_fault_behind_a_waypoint_meets_its_pooled_connections(lab, kind: str) -> None:
+    # warm the waypoint's pool towards echo-v1 first: the fault must not ride on connections made before it
+    assert live.load("echo", "client-b", "-n", "5", "-c", "1")["codes"] == {"200": 5}
+    added = live.fault("add", kind, "echo-v1")
+    time.sleep(1.0)  # the waypoint's and ztunnels' configs carry it
+    result = live.load("echo", "client-b", "-n", "3", "-c", "1")
+    assert "200" not in result["codes"], result
+    rm(added)
+    answers_200_again("echo", "client-b")
