@@ -112,6 +112,17 @@ async def start_node(lab: Any, state: dict[str, Any], node: str, timeout: float 
     return restored + proxies + rest
 
 
+async def restore_partitions(lab: Any, state: dict[str, Any], node: str, active: list[Fault]) -> None:
+    """Put back the partitions of `node` that a stop took away (docker: its iptables rules went with the
+    container's network namespace; re-applying one heals it first, so this is safe where they stayed)."""
+    for fault in active:
+        target = fault.target or {}
+        nodes = ({target["source"]["name"], target["destination"]["name"]} if target.get("type") == "edge"
+                 else {target.get("name")})
+        if fault.kind == "partition" and node in nodes:
+            await _partition(lab, state, fault, heal=False)
+
+
 async def _partition(lab: Any, state: dict[str, Any], fault: Fault, heal: bool) -> str:
     """Partition (or heal) through every non-local provider involved; the ztunnels do it on local nodes."""
     target = fault.target or {}

@@ -137,6 +137,9 @@ class LiveFaults:
         lab = Lab(self.cp.lab)
         try:
             await actions.revert(lab, self.cp.state, fault)
+            if fault.kind == "stop_node":  # a node that comes back is still cut off where a partition says so
+                await actions.restore_partitions(lab, self.cp.state, fault.target["name"],  # type: ignore[index]
+                                                 self.store.list())
         finally:
             await lab.close()
             if fault.kind == "foreign_ca":  # its throwaway CA goes with it

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from tests.lab import ambient_scenarios as scenarios
-from tests.lab.test_docker_ambient import nat_rules
+from tests.lab.test_docker_ambient import nat_rules, run
 from tests.support import labelled, meshlab
 
 pytestmark = [pytest.mark.docker, pytest.mark.slow]
@@ -99,6 +99,29 @@ def test_stop_node_stops_the_container_and_removal_brings_the_mesh_back(docker_l
     assert result["codes"] == {"200": 5}, result
     # The node's new ztunnel took them over mutual TLS (one keep-alive connection or more).
     assert mtls_connections_to_echo(doc["nodes"]["node-2"]["address"]) > before
+
+
+def filter_rules(lab: str, node: str) -> str:
+    result = run(lab, node, lambda p: p.exec(node, ["iptables", "-w", "-S"]))
+    assert result.exit_code == 0, result.stderr
+    return result.stdout
+
+
+def test_a_partition_outlives_a_stop_of_its_node(docker_lab: str) -> None:
+    lab = docker_lab
+    cut = json.loads(meshlab("fault", "add", "partition", "node-2", "--json", "--lab", lab).stdout)
+    assert "meshlab-partition" in filter_rules(lab, "node-2")
+    stop = json.loads(meshlab("fault", "add", "stop_node", "node-2", "--json", "--lab", lab).stdout)
+    meshlab("fault", "rm", stop["id"], "--lab", lab)
+    # the container's new network namespace came without the rules: the lab put them back
+    assert "meshlab-partition" in filter_rules(lab, "node-2")
+    assert "200" not in echo_from_client(lab, 2)["codes"]
+    meshlab("fault", "rm", cut["id"], "--lab", lab)
+    assert "meshlab-partition" not in filter_rules(lab, "node-2")
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline and echo_from_client(lab, 1)["codes"] != {"200": 1}:
+        time.sleep(0.5)
+    assert echo_from_client(lab, 3)["codes"] == {"200": 3}
 
 
 def test_down_of_a_stopped_node_leaves_nothing(docker_lab: str) -> None:
