@@ -23,6 +23,22 @@ def meshlab(*args: str, check: bool = True, timeout: float = 120,
 
 
 @contextlib.contextmanager
+def running_lab(folder: Path, name: str, topology: str, *up_args: str, timeout: float = 180,
+                clean: bool = False) -> Iterator[Path]:
+    """A lab brought up from `topology` (written to folder/<name>.yaml) for a block of tests; down after,
+    also when they fail (and `meshlab clean` too with `clean`, for docker leftovers)."""
+    path = Path(folder) / f"{name}.yaml"
+    path.write_text(topology)
+    try:
+        meshlab("up", str(path), *up_args, timeout=timeout)
+        yield path
+    finally:
+        meshlab("down", name, check=False)
+        if clean:
+            meshlab("clean", name, check=False)
+
+
+@contextlib.contextmanager
 def test_timer_paused() -> Iterator[None]:
     """A cold image build takes minutes: hold pytest-timeout's per-test alarm (ITIMER_REAL) meanwhile."""
     left, interval = signal.setitimer(signal.ITIMER_REAL, 0)

@@ -12,13 +12,12 @@ import json
 import time
 import uuid
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 
 from tests.lab import ambient_scenarios as scenarios
 from tests.lab.test_docker_ambient import nat_rules, run
-from tests.support import labelled, meshlab
+from tests.support import labelled, meshlab, running_lab
 
 pytestmark = [pytest.mark.docker, pytest.mark.slow]
 
@@ -45,14 +44,8 @@ workloads:
 @pytest.fixture(scope="module")
 def docker_lab(node_image: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     name = f"stop{uuid.uuid4().hex[:6]}"
-    topo = Path(tmp_path_factory.mktemp("topo")) / "stop.yaml"
-    topo.write_text(TOPOLOGY.format(name=name))
-    try:
-        meshlab("up", str(topo), timeout=240)
+    with running_lab(tmp_path_factory.mktemp("topo"), name, TOPOLOGY.format(name=name), timeout=240, clean=True):
         yield name
-    finally:
-        meshlab("down", name, check=False)
-        meshlab("clean", name, check=False)
 
 
 def status(lab: str) -> dict:

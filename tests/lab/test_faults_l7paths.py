@@ -12,12 +12,11 @@ The measuring helpers are test_faults_live's, pointed at this module's lab.
 from __future__ import annotations
 
 import time
-from pathlib import Path
 
 import pytest
 
 from tests.lab import test_faults_live as live
-from tests.support import meshlab
+from tests.support import meshlab, running_lab
 
 pytestmark = pytest.mark.slow
 LAB = "faultl7"
@@ -50,11 +49,8 @@ workloads:
 
 @pytest.fixture(scope="module")
 def lab(tmp_path_factory):
-    path = Path(tmp_path_factory.mktemp("topo")) / f"{LAB}.yaml"
-    path.write_text(TOPOLOGY)
-    meshlab("up", str(path), timeout=180)
-    yield path
-    meshlab("down", LAB, check=False)
+    with running_lab(tmp_path_factory.mktemp("topo"), LAB, TOPOLOGY) as path:
+        yield path
 
 
 @pytest.fixture(autouse=True)

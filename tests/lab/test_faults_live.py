@@ -12,13 +12,12 @@ import os
 import signal
 import threading
 import time
-from pathlib import Path
 
 import pytest
 
 from lab.controlplane.launch import running_pid
 from lab.state import lab_dir
-from tests.support import meshlab
+from tests.support import meshlab, running_lab
 
 pytestmark = pytest.mark.slow
 LAB = "faultlab"
@@ -67,11 +66,8 @@ def faults() -> list[dict]:
 
 @pytest.fixture(scope="module")
 def lab(tmp_path_factory):
-    path = Path(tmp_path_factory.mktemp("topo")) / "faultlab.yaml"
-    path.write_text(TOPOLOGY)
-    meshlab("up", str(path), timeout=180)
-    yield path
-    meshlab("down", LAB, check=False)
+    with running_lab(tmp_path_factory.mktemp("topo"), LAB, TOPOLOGY) as path:
+        yield path
 
 
 @pytest.fixture(autouse=True)

@@ -15,7 +15,6 @@ import signal
 import threading
 import time
 import urllib.request
-from pathlib import Path
 
 import pytest
 
@@ -23,7 +22,7 @@ from lab.controlplane.launch import ensure_control_plane, running_pid
 from lab.dataplane import proxy_process_name, sidecar_agent
 from lab.handle import Lab
 from lab.state import lab_dir
-from tests.support import meshlab
+from tests.support import meshlab, running_lab
 
 pytestmark = pytest.mark.slow
 LAB = "seclab"
@@ -91,11 +90,8 @@ def log_of(process: str) -> str:
 
 @pytest.fixture(scope="module")
 def lab(tmp_path_factory):
-    path = Path(tmp_path_factory.mktemp("topo")) / "seclab.yaml"
-    path.write_text(TOPOLOGY)
-    meshlab("up", str(path), timeout=180)
-    yield json.loads(meshlab("status", LAB, "--json").stdout)
-    meshlab("down", LAB, check=False)
+    with running_lab(tmp_path_factory.mktemp("topo"), LAB, TOPOLOGY):
+        yield json.loads(meshlab("status", LAB, "--json").stdout)
 
 
 @pytest.fixture(autouse=True)

@@ -16,13 +16,12 @@ import json
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
-from pathlib import Path
 
 import pytest
 
 from lab.faults.catalogue import KINDS
 from tests.lab.faultdriver import LabDriver
-from tests.support import meshlab
+from tests.support import meshlab, running_lab
 
 pytestmark = pytest.mark.slow
 LAB = "untargeted"
@@ -120,15 +119,10 @@ CASES: dict[str, Case] = {
 
 @pytest.fixture(scope="module")
 def lab(tmp_path_factory) -> Iterator[LabDriver]:
-    path = Path(tmp_path_factory.mktemp("topo")) / f"{LAB}.yaml"
-    path.write_text(TOPOLOGY)
-    meshlab("up", str(path), timeout=180)
-    try:
+    with running_lab(tmp_path_factory.mktemp("topo"), LAB, TOPOLOGY):
         # A waypoint for `echo` only: L7 kinds act there, `other` keeps going ztunnel to ztunnel.
         meshlab("waypoint", "enable", "flt", "--service", "echo", "--lab", LAB, timeout=120)
         yield LabDriver(LAB)
-    finally:
-        meshlab("down", LAB, check=False)
 
 
 def test_every_kind_has_a_case_off_the_measured_path() -> None:
