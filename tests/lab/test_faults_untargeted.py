@@ -97,20 +97,18 @@ CASES: dict[str, Case] = {
     "limit_data": Case("echo", ("--param", "bytes=500",), Probe(None, path="/?size=100000")),
     "delay": Case("echo", ("--param", "delay=300ms"), Probe(200, at_least_ms=300)),
     "abort": Case("echo", ("--param", "status=503"), Probe(503)),
-    # Probed on the direct path: on the local provider the ztunnels enforce a partition only where they
-    # see both nodes, which misses the hops to and from a waypoint (node-2 -> echo's waypoint is not cut).
-    "partition": Case("node-3", (), PLAIN_CUT),
+    # node-3 holds echo-v1 and echo's waypoint: the hop to the waypoint is cut by the client's ztunnel
+    "partition": Case("node-3", (), CUT),
     "pause_node": Case("node-3", (), CUT),
     "stop_node": Case("node-3", (), CUT),
     "kill_agent": Case("node-3", restarts="node-3/ztunnel"),
     "pause_agent": Case("node-3", (), CUT),
     "crash_workload": Case("echo-v1", restarts="node-3/echo-v1"),
-    # At plain-v1, reached ztunnel to ztunnel: echo's waypoint keeps its pooled upstream connections to
-    # echo-v1 when a certificate fault is added, so requests through it go on (the certificate is checked
-    # when a connection opens), and a probe there would prove nothing.
-    "expire_cert": Case("plain-v1", (), PLAIN_CUT),
+    # Behind echo's waypoint, which lets its pooled connections to echo-v1 go when one is added; and
+    # at plain-v1, reached ztunnel to ztunnel.
+    "expire_cert": Case("echo-v1", (), CUT),
     "revoke": Case("plain-v1", (), PLAIN_CUT),
-    "foreign_ca": Case("plain-v1", (), PLAIN_CUT),
+    "foreign_ca": Case("echo-v1", (), CUT),
     # Lab-wide, but with overlap it drops nothing by design. Without overlap (overlap=false) new
     # connections fail until every agent renewed, by design too: that variant is not run here.
     "rotate_root": Case(None, ("--param", "overlap=true"), hold=1.0),
