@@ -6,8 +6,12 @@ addresses: nothing to create, nothing to clean up.
 
 from __future__ import annotations
 
+import fcntl
 import ipaddress
+import os
 import socket
+import tempfile
+from pathlib import Path
 from typing import Callable
 
 from lab.errors import LabError
@@ -43,6 +47,32 @@ def _host(block: str, index: int, host: int) -> str:
     if index > 254:
         raise LabError("too many nodes in one lab (at most 255 on the local provider)")
     return str(net.network_address + (index + 1) * 256 + host)
+
+
+CLAIM_FILE = Path(tempfile.gettempdir()) / "meshlab-address-blocks.lock"
+
+
+class BlockClaim:
+    """Held from picking a free block until the lab serves on it (machine-wide, across MESHLAB_HOMEs).
+
+    A block counts as taken once another lab's state names it or something serves on it; between
+    the pick and the first bind, two `meshlab up` at once could pick the same one without this.
+    """
+
+    def __init__(self) -> None:
+        self._fd: int | None = None
+
+    def acquire(self) -> None:
+        """Wait for the claim (blocking: call it off the event loop)."""
+        # Read-only is enough for flock, and works on a file another user made.
+        fd = os.open(CLAIM_FILE, os.O_RDONLY | os.O_CREAT, 0o666)
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        self._fd = fd
+
+    def release(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)  # closing the last descriptor lets the lock go
+            self._fd = None
 
 
 def block_in_use(block: str, probes: list[tuple[int, int]]) -> bool:

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from lab import capture, dataplane, mesh
-from lab.addressing import allocate_block, block_in_use, docker_candidates, docker_gateway
+from lab.addressing import BlockClaim, allocate_block, block_in_use, docker_candidates, docker_gateway
 from lab.ca import DEFAULT_TTL, LabCA
 from lab.client import LabClient
 from lab.controlplane import reach, readiness
@@ -149,8 +149,21 @@ async def up(topology: Topology, *, provider: str | None = None, progress: Progr
         topology = replace(topology, provider=provider)
     lab = Lab(topology.name)
     previous = lab.state.load() if lab.state.exists() else None
-    block = ((previous or {}).get("block") or topology.address_block
-             or allocate_block(used_blocks(lab.name), _block_taken))
+    claim = BlockClaim()
+    block = (previous or {}).get("block") or topology.address_block
+    if block:
+        return await _up(lab, topology, block, previous, claim, progress, timeout, cert_ttl, started)
+    # A new block: claimed until this lab serves on it, so that a concurrent `up` picks another.
+    await asyncio.to_thread(claim.acquire)
+    try:
+        block = allocate_block(used_blocks(lab.name), _block_taken)
+        return await _up(lab, topology, block, previous, claim, progress, timeout, cert_ttl, started)
+    finally:
+        claim.release()
+
+
+async def _up(lab: Lab, topology: Topology, block: str, previous: dict[str, Any] | None, claim: BlockClaim,
+              progress: Progress, timeout: float, cert_ttl: float | None, started: float) -> dict[str, Any]:
     subnet = await docker_subnet(topology, previous, lab.name)
     lab.dir.mkdir(parents=True, exist_ok=True)
     (lab.dir / "logs").mkdir(exist_ok=True)
@@ -185,6 +198,7 @@ async def up(topology: Topology, *, provider: str | None = None, progress: Progr
         client, *infos = await asyncio.gather(
             _start_control_plane(lab, doc, progress),
             *(_create_node(lab, plan, spec.name, pyz, progress) for spec in plan.nodes))
+        claim.release()  # the lab serves on its block now: another `up` sees it taken
         tokens = node_tokens(lab.dir, [n.name for n in plan.nodes])
         await asyncio.gather(*(_join_node(lab, plan, doc, client, spec.name, info, tokens[spec.name], progress,
                                           timeout) for spec, info in zip(plan.nodes, infos)))
