@@ -35,12 +35,12 @@ def fault(fid: str, kind: str, target: dict[str, Any], toxicity: float = 1.0, **
 class View:
     """The part of a proxy's MeshView that OnwardToxics reads: the snapshot's faults and workloads."""
 
-    def __init__(self, *faults: dict[str, Any]) -> None:
+    def __init__(self, *faults: dict[str, Any], node: str = "node-2") -> None:
         parsed = parse_faults(list(faults))
         workloads = {("amb", n): SimpleNamespace(name=n, node=node)
                      for n, node in (("client-a", "node-1"), ("client-b", "node-2"), ("echo-v1", "node-1"))}
         self.snapshot = SimpleNamespace(faults=parsed, fault_ids={f.id for f in parsed}, by_name=workloads,
-                                        by_address={})
+                                        by_address={}, node=node)  # the node the proxy runs on
 
 
 def downstream(source: str) -> Downstream:
@@ -59,6 +59,18 @@ def test_a_waypoint_applies_faults_towards_mesh_endpoints_and_a_sidecar_only_out
     assert sidecar.faults(endpoint("ambient"), "echo.amb", downstream("client-b")) == []  # its ztunnel applies
     assert [f.id for f in sidecar.faults(endpoint("none"), "echo.amb", downstream("client-b"))] == ["f1"]
     assert OnwardToxics(lambda: None, True).faults(endpoint("ambient"), "echo.amb", downstream("client-b")) == []
+
+
+def test_a_partition_refuses_connections_across_it_for_every_endpoint() -> None:
+    cut = {"id": "p1", "kind": "partition", "layer": "l4", "target": {"type": "node", "name": "node-1",
+           "nodes": ["node-1"]}, "params": {}, "direction": "both", "toxicity": 1.0, "expiresAt": None}
+    for mesh_endpoints in (True, False):  # a sidecar too: no ztunnel on its path enforces it
+        across = OnwardToxics(lambda: View(cut, node="node-2"), mesh_endpoints)
+        assert "partitioned" in (across.refusal(endpoint("sidecar") | {"identity": "spiffe://x/ns/amb/sa/echo"}) or "")
+        assert "partitioned" in (across.refusal(endpoint("none")) or "")
+        same_node = OnwardToxics(lambda: View(cut, node="node-1"), mesh_endpoints)
+        assert same_node.refusal(endpoint("none")) is None
+    assert OnwardToxics(lambda: View(node="node-2"), True).refusal(endpoint("none")) is None
 
 
 def test_an_edge_matches_by_the_requests_source_and_affinity_names_what_may_hit() -> None:
