@@ -200,25 +200,53 @@ async def response_head(conn: UpstreamConnection) -> ResponseHead:
         raise UpstreamReset("UC", "upstream closed the connection before a response", not got[0])
 
 
-async def relay_body(conn: UpstreamConnection, writer: asyncio.StreamWriter, mode: int) -> int:
-    """Copy the response body to the client in `mode` framing; the body bytes copied."""
+async def relay_body(conn: UpstreamConnection, writer: asyncio.StreamWriter, mode: int, head: bytes = b"") -> int:
+    """Write `head` (the response head) and copy the response body to the client in `mode` framing; the body
+    bytes copied. What the upstream already sent goes out in one write with the head (one send, one DATA
+    frame on a tunnel, instead of one per piece); the head is written before the first wait or error."""
     total = 0
     got = [True]
-    while True:
-        event = await _upstream_event(conn, got)
-        kind = type(event)
-        if kind is Data:
-            data = event.data  # type: ignore[union-attr]
-            n = len(data)
-            total += n
-            if mode == CHUNKED:
-                writer.writelines((chunk_header(n), data, CHUNK_END))
+    parser = conn.parser
+    parts: list[bytes | memoryview] = [head] if head else []
+    try:
+        while True:
+            try:
+                event = parser.next_event()
+            except ProtocolError:
+                event = NEED_DATA  # let _upstream_event tell a reset from a protocol error, after the flush
+            if isinstance(event, _Sentinel):  # NEED_DATA (or PAUSED, which _upstream_event refuses)
+                if parts:
+                    _write(writer, parts)
+                    parts = []
+                    await writer.drain()
+                event = await _upstream_event(conn, got)
+            kind = type(event)
+            if kind is Data:
+                data = event.data  # type: ignore[union-attr]
+                n = len(data)
+                total += n
+                if mode == CHUNKED:
+                    parts += (chunk_header(n), data, CHUNK_END)
+                else:
+                    parts.append(data)
+            elif kind is EndOfMessage:
+                if mode == CHUNKED:
+                    parts.append(serialize_last_chunk(event.trailers))  # type: ignore[union-attr]
+                if parts:
+                    _write(writer, parts)
+                    parts = []
+                    await writer.drain()
+                return total
             else:
-                writer.write(data)
-            await writer.drain()
-        elif kind is EndOfMessage:
-            if mode == CHUNKED:
-                writer.write(serialize_last_chunk(event.trailers))  # type: ignore[union-attr]
-            return total
-        else:
-            raise UpstreamReset("UC", "upstream closed in the middle of a response body", False)
+                raise UpstreamReset("UC", "upstream closed in the middle of a response body", False)
+    finally:
+        if parts:  # an error before the flush: what was relayed still reaches the client, as before
+            _write(writer, parts)
+
+
+def _write(writer: asyncio.StreamWriter, parts: list[bytes | memoryview]) -> None:
+    """One write of `parts` (a lone piece, e.g. a large body read, is not copied into a join)."""
+    if len(parts) == 1:
+        writer.write(parts[0])
+    else:
+        writer.writelines(parts)

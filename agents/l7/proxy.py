@@ -38,7 +38,6 @@ import asyncio
 import dataclasses
 import random
 import time
-import uuid
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -65,6 +64,8 @@ RESET_BEFORE_HEADERS = "upstream connect error or disconnect/reset before header
 NO_HEALTHY_UPSTREAM = "no healthy upstream"
 TIMEOUT_BODY = "upstream request timeout"
 FAULT_ABORT_BODY = "fault filter abort"
+_UUID4_CLEAR = ~((0xf000 << 64) | (0xc000 << 48))  # the version and variant bits of a UUID ...
+_UUID4_SET = (4 << 76) | (0x8000 << 48)  # ... set to version 4, variant RFC 4122
 _DROP_ALWAYS = frozenset({b"host", b"expect", b"x-request-id", b"x-envoy-attempt-count"})
 
 
@@ -82,7 +83,9 @@ class Downstream:
 
 
 class L7Config(Protocol):
-    """What the engine reads per request from the proxy's current config."""
+    """What the engine reads from the proxy's current config. A config object is a snapshot that does not
+    change: what the engine derives from one (compiled policies, cluster policies, endpoints) is kept until
+    `config()` returns another object."""
 
     routes: RouteTables
     destination_rules: Mapping[str, Mapping[str, Any]]
@@ -108,12 +111,31 @@ class _Closed(Exception):
 
 
 class _ConfigView:
-    """What is derived once per config object: compiled policies, cluster policies."""
+    """What is derived once per config object: compiled policies, cluster policies, the endpoints of a
+    cluster and the metric labels of each endpoint (a config object is a snapshot: it does not change)."""
 
     def __init__(self, config: L7Config) -> None:
         self.config = config
         self.policies = compile_policies(config.policies)
         self.clusters: dict[tuple[str, str | None], ClusterPolicy | None] = {}
+        self._endpoints: dict[tuple[str, int, tuple[tuple[str, str], ...] | None, bool], list[Endpoint]] = {}
+        self._peers: dict[int, tuple[Endpoint, Peer]] = {}  # by id(endpoint); the endpoint is kept, so is its id
+
+    def endpoints(self, service: str, port: int, labels: Mapping[str, str] | None, first_only: bool) -> list[Endpoint]:
+        """The endpoints of `service` on `port` a subset's labels select (only the first: a sidecar's inbound)."""
+        key = (service, port, tuple(sorted(labels.items())) if labels else None, first_only)
+        found = self._endpoints.get(key)
+        if found is None:
+            found = select_endpoints(self.config.endpoints(service, port), labels)
+            found = self._endpoints[key] = found[:1] if first_only else found
+        return found
+
+    def peer(self, endpoint: Endpoint) -> Peer:
+        """What the metric labels say about `endpoint`."""
+        found = self._peers.get(id(endpoint))
+        if found is None or found[0] is not endpoint:
+            found = self._peers[id(endpoint)] = (endpoint, peer_of_endpoint(endpoint))
+        return found[1]
 
     def cluster_policy(self, service: str, subset: str | None) -> ClusterPolicy | None:
         key = (service, subset)
@@ -206,7 +228,7 @@ class L7Proxy:
         rec = self._record(downstream)
         rec.method, rec.path, rec.authority = info.method, head.target.decode("latin-1"), info.authority
         rec.protocol = "HTTP/1.0" if head.version == b"1.0" else "HTTP/1.1"
-        rec.request_id = next((v for n, v in info.headers if n.lower() == "x-request-id"), "") or str(uuid.uuid4())
+        rec.request_id = next((v for n, v in info.headers if n.lower() == "x-request-id"), "") or new_request_id()
         try:
             decision = await self._decide(head, info, downstream, rec)
             return await self._proxy(head, info, decision, stream, downstream, rec)
@@ -299,9 +321,7 @@ class L7Proxy:
             policy, name = ClusterPolicy(service), f"inbound|{port}||"
         cluster = self._cluster(name, policy)
         rec.upstream_cluster = name
-        endpoints = select_endpoints(config.endpoints(service, port), policy.labels)
-        if not self.route:
-            endpoints = endpoints[:1]
+        endpoints = view.endpoints(service, port, policy.labels, not self.route)
         cluster.set_endpoints(endpoints, time.monotonic())
 
         expect = any(n.lower() == "expect" and v.lower() == "100-continue" for n, v in info.headers)
@@ -320,6 +340,9 @@ class L7Proxy:
         deadline = loop.time() + decision.timeout if decision.timeout else None
         started = [False]  # whether the response head went to the client
         try:
+            if deadline is None:  # no route timeout: no timer to arm and cancel per request
+                return await self._tries(head, decision, request, body, cluster, endpoints, service, stream,
+                                         downstream, rec, started)
             async with asyncio.timeout_at(deadline):
                 return await self._tries(head, decision, request, body, cluster, endpoints, service, stream,
                                          downstream, rec, started)
@@ -347,7 +370,7 @@ class L7Proxy:
                 tried.add(key)
                 rec.upstream_host = f"{endpoint.get('address')}:{endpoint.get('port', '')}"
                 if self.route:
-                    rec.destination = peer_of_endpoint(endpoint)
+                    rec.destination = self._view.peer(endpoint) if self._view else peer_of_endpoint(endpoint)
                     rec.destination_principal = endpoint.get("identity")
                 error: str | None = None
                 failure: tuple[int, str | None, str, str] | None = None
@@ -356,9 +379,13 @@ class L7Proxy:
                     cluster.lb.started(key)
                     cluster.active += 1
                     try:
-                        async with asyncio.timeout(per_try):
+                        if per_try is None:
                             conn, response = await self._try(cluster, endpoint, head, request, body, service,
                                                              downstream, rec.attempts)
+                        else:
+                            async with asyncio.timeout(per_try):
+                                conn, response = await self._try(cluster, endpoint, head, request, body, service,
+                                                                 downstream, rec.attempts)
                     finally:
                         cluster.active -= 1
                         cluster.lb.finished(key)
@@ -479,11 +506,11 @@ class L7Proxy:
         rec.code = response.status
         reusable = False
         try:
-            writer.write(response_head_bytes)
             started[0] = True
-            if mode != NO_BODY:
-                rec.response_bytes = await relay_body(conn, writer, mode)
+            if mode != NO_BODY:  # the head goes out with what the upstream already sent of the body
+                rec.response_bytes = await relay_body(conn, writer, mode, response_head_bytes)
             else:
+                writer.write(response_head_bytes)
                 await writer.drain()
             reusable = response.keep_alive and conn.parser.state == "IDLE"
         except UpstreamReset as e:
@@ -538,6 +565,12 @@ class L7Proxy:
             return await body.buffer(self.buffer_limit)
         except ProtocolError:
             return False
+
+
+def new_request_id() -> str:
+    """A random (version 4) UUID as text, like `str(uuid.uuid4())` without its object and system call."""
+    h = "%032x" % (random.getrandbits(128) & _UUID4_CLEAR | _UUID4_SET)
+    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
 
 
 def mutate(headers: list[tuple[bytes, bytes]], change: HeaderMutation) -> list[tuple[bytes, bytes]]:

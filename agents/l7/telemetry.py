@@ -14,6 +14,7 @@ and response sizes (bodies, in bytes) use Istio's exponential size buckets 1, 10
 
 from __future__ import annotations
 
+import asyncio
 import json
 import sys
 import time
@@ -43,6 +44,7 @@ HELP = {
     RESPONSE_BYTES: "Size of HTTP response bodies in bytes",
 }
 LabelValues = tuple[str, ...]
+_BOUNDS = (DURATION_BUCKETS, SIZE_BUCKETS, SIZE_BUCKETS)  # of the histograms in `record`'s order
 
 
 def peer_of_endpoint(endpoint: Mapping[str, Any] | None) -> Peer:
@@ -138,19 +140,20 @@ class L7Telemetry:
         self.requests: dict[LabelValues, int] = {}
         self.histograms: dict[str, dict[LabelValues, _Histogram]] = {name: {} for name in HISTOGRAMS}
         self.logs: deque[dict[str, Any]] = deque(maxlen=LOG_RING)
+        self._flush_pending = False
+        self._series: dict[LabelValues, tuple[_Histogram, ...]] = {}  # per label set: duration, request, response
 
     def record(self, rec: RequestRecord) -> None:
         """Count one finished request and write its access log line."""
         duration = (time.perf_counter() - rec.started) * 1000.0
         labels = rec.labels()
         self.requests[labels] = self.requests.get(labels, 0) + 1
-        for name, value in ((DURATION, duration), (REQUEST_BYTES, rec.request_bytes),
-                            (RESPONSE_BYTES, rec.response_bytes)):
-            bounds = HISTOGRAMS[name]
-            series = self.histograms[name]
-            h = series.get(labels)
-            if h is None:
-                h = series[labels] = _Histogram(len(bounds))
+        series = self._series.get(labels)
+        if series is None:  # a new label set: its three histograms, found by one lookup from now on
+            series = self._series[labels] = tuple(
+                self.histograms[name].setdefault(labels, _Histogram(len(HISTOGRAMS[name])))
+                for name in (DURATION, REQUEST_BYTES, RESPONSE_BYTES))
+        for h, bounds, value in zip(series, _BOUNDS, (duration, rec.request_bytes, rec.response_bytes)):
             h.counts[bisect_left(bounds, value)] += 1
             h.sum += value
             h.count += 1
@@ -159,9 +162,29 @@ class L7Telemetry:
         if self.log:
             try:
                 self.out.write(json.dumps(entry) + "\n")
-                self.out.flush()
             except (OSError, ValueError):
-                pass  # stdout gone (the supervisor restarted?): the ring buffer still has it
+                return  # stdout gone (the supervisor restarted?): the ring buffer still has it
+            self._flush_soon()
+
+    def _flush_soon(self) -> None:
+        """Flush once the event loop has run what is ready: the lines of requests ending together share one
+        write (a flush per line was a system call per request); without a running loop, flush now."""
+        if self._flush_pending:
+            return
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            self._flush()
+            return
+        self._flush_pending = True
+        loop.call_soon(self._flush)
+
+    def _flush(self) -> None:
+        self._flush_pending = False
+        try:
+            self.out.flush()
+        except (OSError, ValueError):
+            pass
 
     def render(self) -> str:
         """The metrics in the Prometheus text format 0.0.4."""

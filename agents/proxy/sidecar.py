@@ -36,7 +36,7 @@ from typing import Any
 from agents.hbone import ConnectDecision, ConnectRequest, HboneServer, pipe_socket
 from agents.l7.proxy import Downstream, L7Proxy
 from agents.proxy.agent import L7Agent
-from agents.proxy.bridge import LIMIT, Streams, serving_pair
+from agents.proxy.bridge import LIMIT, Streams, serving_pair, serving_streams
 from agents.proxy.connect import MeshConnector, client_headers, tcp_connect
 from agents.proxy.faults import live_fault
 from agents.proxy.toxics import OnwardToxics, SidecarToxics
@@ -225,9 +225,11 @@ class Sidecar(L7Agent):
         downstream = Downstream(service=service.key if service else "", port=request.port, source=source,
                                 source_principal=request.peer_identity, source_address=client,
                                 security="mutual_tls", destination=Peer.of(workload))
+        source_workload = self.toxics.source_of(_ip(client), request.peer_identity)
+        if not self.toxics.inbound(source_workload, workload, service):  # no toxics: no socket in between
+            return ConnectDecision.accept(serving_streams(lambda r, w: self.inbound.serve(r, w, downstream)))
         return ConnectDecision.accept(self.toxics.target(
-            serving_pair(lambda r, w: self.inbound.serve(r, w, downstream)),
-            self.toxics.source_of(_ip(client), request.peer_identity), workload, service))
+            serving_pair(lambda r, w: self.inbound.serve(r, w, downstream)), source_workload, workload, service))
 
     async def _accept_plaintext(self, client: socket.socket) -> None:
         """A caller outside the mesh, on the workload's inbound-capture address."""

@@ -20,7 +20,7 @@ from typing import Any
 from agents.hbone import ConnectDecision, ConnectRequest, HboneServer
 from agents.l7.proxy import Downstream, L7Proxy
 from agents.proxy.agent import L7Agent
-from agents.proxy.bridge import serving_pair
+from agents.proxy.bridge import serving_streams
 from agents.proxy.connect import MeshConnector
 from agents.proxy.faults import live_fault
 from agents.proxy.toxics import OnwardToxics, PoolRetirer
@@ -86,8 +86,8 @@ class Waypoint(L7Agent):
         downstream = Downstream(service=service.key, port=port, source=self._source(view, client, request),
                                 source_principal=request.peer_identity, source_address=client.strip('"'),
                                 security="mutual_tls")
-        return ConnectDecision.accept(serving_pair(lambda reader, writer: self.engine.serve(reader, writer,
-                                                                                           downstream)))
+        return ConnectDecision.accept(serving_streams(lambda reader, writer: self.engine.serve(reader, writer,
+                                                                                              downstream)))
 
     @staticmethod
     def _source(view: MeshView, client: str, request: ConnectRequest) -> Peer:
