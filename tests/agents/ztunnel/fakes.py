@@ -9,6 +9,7 @@ streams the snapshot of each node, records ACKs and NACKs, and signs CSRs with a
 from __future__ import annotations
 
 import asyncio
+import errno
 import json
 import socket
 import socketserver
@@ -334,6 +335,10 @@ def refused(address: str, port: int, source: str, timeout: float = 10) -> bool:
             return read_all(s) == b""
     except (ConnectionRefusedError, ConnectionResetError, BrokenPipeError):
         return True  # refused, or reset (possibly before connect() even returned)
+    except OSError as e:
+        if e.errno == errno.ENOTCONN:  # closed so fast that shutdown() found no connection left
+            return True
+        raise
 
 
 def access_log(folder: Path, node: Node) -> list[dict[str, Any]]:
