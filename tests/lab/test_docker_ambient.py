@@ -105,7 +105,7 @@ def test_a_plain_socket_to_a_vip_is_captured_and_carried_over_mtls(docker_bookin
     # The source node's access log has this very connection: from the workload's address and port to the VIP.
     log = lab_dir(name) / "nodes" / "node-1" / "logs" / "ztunnel.log"
     source_address = f"{state['workloads']['productpage-v1']['address']}:{port}"
-    entries = [json.loads(line) for line in log.read_text().splitlines() if source_address in line]
+    entries = [json.loads(line) for line in log.read_text().split("\n")[:-1] if source_address in line]
     assert entries, f"no access log entry from {source_address} on {node1}"
     entry = entries[-1]
     assert entry["direction"] == "outbound" and entry["protocol"] == "hbone" and entry["outcome"] == "ok"
