@@ -8,45 +8,18 @@ through the TUI on a real lab (tests/tui/test_actions.py).
 from __future__ import annotations
 
 import asyncio
-import shutil
-from collections.abc import AsyncIterator
 
 import pytest
 
 from lab.client import LabApiError, LabClient
-from lab.controlplane.launch import ensure_control_plane
 from lab.faults.catalogue import KINDS
-from lab.orchestrator import _state_document
-from lab.plan import plan_lab
-from lab.providers.proctags import kill_tagged
-from lab.state import LabState, lab_dir
-from lab.topology.loader import parse_topology
-
-BLOCK = "127.233.0.0/16"
-TOPOLOGY = f"""
-name: apiinspect
-addressBlock: {BLOCK}
-nodes: [{{name: n1}}, {{name: n2}}]
-namespaces: [{{name: shop, mode: ambient}}]
-services:
-  - name: web
-    namespace: shop
-    ports: [{{port: 8080}}]
-    workloads:
-      - {{name: web-v1, node: n1, serviceAccount: web, run: {{demo: echo}}}}
-"""
+from lab.state import LabState
+from tests.lab.test_controlplane import lab  # noqa: F401  (the fixture: a lab state and its control plane)
 
 
 @pytest.fixture
-async def client() -> AsyncIterator[LabClient]:
-    name = "apiinspect"
-    plan = plan_lab(parse_topology(TOPOLOGY, "t.yaml"), BLOCK, name, lambda n: ("python3", "agents.pyz"))
-    LabState(name).save(_state_document(plan, "t.yaml", "running", None))
-    api, started = await ensure_control_plane(name, lab_dir(name))
-    assert started
-    yield api
-    await asyncio.to_thread(kill_tagged, name)
-    shutil.rmtree(lab_dir(name), ignore_errors=True)
+def client(lab) -> LabClient:  # noqa: F811
+    return lab[1]
 
 
 async def test_fault_kinds_answers_every_kind_with_its_parameters(client: LabClient) -> None:
@@ -71,7 +44,7 @@ async def test_fault_kinds_answers_every_kind_with_its_parameters(client: LabCli
     assert kinds["rotate_root"]["params"][0]["default"] is True and kinds["rotate_root"]["targets"] == []
 
 
-async def test_config_dump_says_which_agent_and_why_not(client: LabClient) -> None:
+async def test_config_dump_says_which_agent_and_why_not(client: LabClient, lab) -> None:  # noqa: F811
     with pytest.raises(LabApiError) as e:
         await asyncio.to_thread(client.config_dump, "ztunnel")
     assert e.value.status == 400 and "node" in str(e.value) and "n1, n2" in str(e.value)
@@ -82,4 +55,5 @@ async def test_config_dump_says_which_agent_and_why_not(client: LabClient) -> No
         assert e.value.status == 404 and f"no agent '{agent}'" in str(e.value), str(e.value)
     with pytest.raises(LabApiError) as e:  # n1 is in the state, but no ztunnel runs there
         await asyncio.to_thread(client.config_dump, "ztunnel", "n1")
-    assert e.value.status == 502 and "127.233.1.1:15000 does not answer" in str(e.value), str(e.value)
+    address = LabState(lab[0]).load()["nodes"]["n1"]["address"]
+    assert e.value.status == 502 and f"{address}:15000 does not answer" in str(e.value), str(e.value)
